@@ -1,1 +1,16 @@
-fn main() {}
+//! Orchestration: the one `podnet` binary. With `CNI_COMMAND` set it is the CNI plugin;
+//! otherwise a command-line tool (`podnet --help`).
+
+mod cli;
+mod cni;
+mod demo;
+
+fn main() {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(cni::plugin::run());
+    }
+    if let Err(e) = cli::run() {
+        eprintln!("podnet: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -101,7 +101,11 @@ pub struct NetConf {
 pub fn version_for_errors(stdin: &[u8]) -> CniVersion {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .and_then(|s| CniVersion::parse(&s).ok())
         .unwrap_or(CniVersion::LATEST)
 }
@@ -117,10 +121,16 @@ pub fn parse_version(stdin: &[u8]) -> Result<CniVersion, CniError> {
 
 fn parse_json(stdin: &[u8]) -> Result<Value, CniError> {
     if stdin.iter().all(u8::is_ascii_whitespace) {
-        return Err(CniError::new(ErrorCode::Decode, "no network configuration on stdin"));
+        return Err(CniError::new(
+            ErrorCode::Decode,
+            "no network configuration on stdin",
+        ));
     }
     serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(ErrorCode::Decode, format!("network configuration is not JSON: {e}"))
+        CniError::new(
+            ErrorCode::Decode,
+            format!("network configuration is not JSON: {e}"),
+        )
     })
 }
 
@@ -145,16 +155,20 @@ fn select_plugin(value: Value) -> Result<Value, CniError> {
 
 fn pick_version(raw: &RawConf) -> Result<CniVersion, CniError> {
     if !raw.cni_versions.is_empty() {
-        return CniVersion::highest_supported(raw.cni_versions.iter().map(String::as_str)).ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IncompatibleVersion,
-                format!("none of cniVersions {:?} is supported", raw.cni_versions),
-            )
-        });
+        return CniVersion::highest_supported(raw.cni_versions.iter().map(String::as_str))
+            .ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::IncompatibleVersion,
+                    format!("none of cniVersions {:?} is supported", raw.cni_versions),
+                )
+            });
     }
     match &raw.cni_version {
         Some(v) => CniVersion::parse(v),
-        None => Err(CniError::new(ErrorCode::IncompatibleVersion, "cniVersion is missing")),
+        None => Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            "cniVersion is missing",
+        )),
     }
 }
 
@@ -165,16 +179,24 @@ impl NetConf {
         let raw: RawConf = serde_json::from_value(value)
             .map_err(|e| CniError::invalid_config(format!("network configuration: {e}")))?;
         let version = pick_version(&raw)?;
-        let name = raw.name.clone().ok_or_else(|| CniError::invalid_config("\"name\" is missing"))?;
+        let name = raw
+            .name
+            .clone()
+            .ok_or_else(|| CniError::invalid_config("\"name\" is missing"))?;
         validate_network_name(&name)?;
-        let bridge = raw.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        let bridge = raw
+            .bridge
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         validate_ifname(&bridge).map_err(|_| {
             CniError::invalid_config(format!("bridge {bridge:?} is not a valid interface name"))
         })?;
         if let Some(mtu) = raw.mtu
             && !(68..=65535).contains(&mtu)
         {
-            return Err(CniError::invalid_config(format!("mtu {mtu} is outside 68..=65535")));
+            return Err(CniError::invalid_config(format!(
+                "mtu {mtu} is outside 68..=65535"
+            )));
         }
         if raw.ip_masq == Some(true) {
             return Err(CniError::new(
@@ -182,21 +204,38 @@ impl NetConf {
                 "ipMasq: the podnet plugin does not masquerade; the podnet agent masquerades pod egress",
             ));
         }
-        let ipam = raw.ipam.clone().ok_or_else(|| CniError::invalid_config("\"ipam\" is missing"))?;
+        let ipam = raw
+            .ipam
+            .clone()
+            .ok_or_else(|| CniError::invalid_config("\"ipam\" is missing"))?;
         if let Some(kind) = ipam.kind.as_deref()
             && !matches!(kind, "podnet" | "host-local")
         {
             return Err(CniError::new(
                 ErrorCode::UnsupportedField,
-                format!("ipam.type {kind:?}: podnet has IPAM built in (use \"podnet\" or leave it out)"),
+                format!(
+                    "ipam.type {kind:?}: podnet has IPAM built in (use \"podnet\" or leave it out)"
+                ),
             ));
         }
-        let pool = ipam.validate().map_err(|e| CniError::invalid_config(e.to_string()))?;
+        let pool = ipam
+            .validate()
+            .map_err(|e| CniError::invalid_config(e.to_string()))?;
         let mut static_ips = Vec::new();
-        for s in raw.runtime_config.ips.iter().chain(&args_cni_ips(raw.args.as_ref())?) {
+        for s in raw
+            .runtime_config
+            .ips
+            .iter()
+            .chain(&args_cni_ips(raw.args.as_ref())?)
+        {
             static_ips.push(parse_ip_or_cidr(s)?);
         }
-        let mac = raw.runtime_config.mac.as_deref().map(parse_mac).transpose()?;
+        let mac = raw
+            .runtime_config
+            .mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()?;
         let prev_result = raw.prev_result.as_ref().map(CniResult::parse).transpose()?;
         Ok(NetConf {
             version,
@@ -207,7 +246,9 @@ impl NetConf {
             is_gateway: raw.is_gateway.unwrap_or(true),
             is_default_gateway: raw.is_default_gateway.unwrap_or(true),
             pool,
-            data_dir: ipam.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_string()),
+            data_dir: ipam
+                .data_dir
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.to_string()),
             dns: raw.dns,
             static_ips,
             mac,
@@ -247,7 +288,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], CniError> {
         mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     if mac[0] & 1 == 1 {
-        return Err(CniError::invalid_config(format!("{s:?} is a multicast MAC address")));
+        return Err(CniError::invalid_config(format!(
+            "{s:?} is a multicast MAC address"
+        )));
     }
     Ok(mac)
 }
@@ -255,12 +298,19 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], CniError> {
 /// Spec: starts alphanumeric, then alphanumerics, `_`, `.`, `-`. It also names the IPAM
 /// directory, so this check keeps paths inside the data dir.
 fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(CniError::invalid_config(format!("network name {name:?} is not valid")))
+        Err(CniError::invalid_config(format!(
+            "network name {name:?} is not valid"
+        )))
     }
 }
 
@@ -288,11 +338,16 @@ impl Request {
             Command::Status | Command::Gc if !v.is_1_1() => {
                 return Err(CniError::new(
                     ErrorCode::IncompatibleVersion,
-                    format!("{} needs cniVersion 1.1.0 or later, got {v}", env.command.as_str()),
+                    format!(
+                        "{} needs cniVersion 1.1.0 or later, got {v}",
+                        env.command.as_str()
+                    ),
                 ));
             }
             Command::Gc if conf.valid_attachments.is_none() => {
-                return Err(CniError::invalid_config("GC needs cni.dev/valid-attachments"));
+                return Err(CniError::invalid_config(
+                    "GC needs cni.dev/valid-attachments",
+                ));
             }
             _ => {}
         }
@@ -300,13 +355,19 @@ impl Request {
         if conf.mac.is_none()
             && let Some(m) = &env.args.mac
         {
-            conf.mac = Some(parse_mac(m).map_err(|e| CniError::invalid_env(format!("CNI_ARGS MAC: {}", e.msg)))?);
+            conf.mac = Some(
+                parse_mac(m)
+                    .map_err(|e| CniError::invalid_env(format!("CNI_ARGS MAC: {}", e.msg)))?,
+            );
         }
         Ok(Request { env, conf })
     }
 
     /// The attachment this request is about (ADD, DEL, CHECK).
     pub fn owner(&self) -> Option<Owner> {
-        Some(Owner::new(self.env.container_id.clone()?, self.env.ifname.clone()?))
+        Some(Owner::new(
+            self.env.container_id.clone()?,
+            self.env.ifname.clone()?,
+        ))
     }
 }

@@ -83,7 +83,9 @@ impl CniArgs {
                 "IP" => {
                     for ip in v.split(',').filter(|s| !s.is_empty()) {
                         args.ips.push(ip.parse().map_err(|_| {
-                            CniError::invalid_env(format!("CNI_ARGS: IP={ip:?} is not an IP address"))
+                            CniError::invalid_env(format!(
+                                "CNI_ARGS: IP={ip:?} is not an IP address"
+                            ))
                         })?);
                     }
                 }
@@ -152,7 +154,12 @@ impl Environment {
             ifname,
             args: CniArgs::parse(get("CNI_ARGS").unwrap_or(""))?,
             path: get("CNI_PATH")
-                .map(|p| p.split(':').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .map(|p| {
+                    p.split(':')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     }
@@ -161,11 +168,15 @@ impl Environment {
 /// Spec: the container ID must not be empty and consists of alphanumerics, `_`, `.`, `-`.
 fn validate_container_id(id: &str) -> Result<(), CniError> {
     let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(CniError::invalid_env(format!("CNI_CONTAINERID {id:?} is not a valid container ID")))
+        Err(CniError::invalid_env(format!(
+            "CNI_CONTAINERID {id:?} is not a valid container ID"
+        )))
     }
 }
 
@@ -175,11 +186,15 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
-        Err(CniError::invalid_env(format!("CNI_IFNAME {name:?} is not a valid interface name")))
+        Err(CniError::invalid_env(format!(
+            "CNI_IFNAME {name:?} is not a valid interface name"
+        )))
     }
 }
 
@@ -193,19 +208,31 @@ mod tests {
 
     #[test]
     fn add_needs_container_netns_and_ifname() {
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")])
-            .unwrap_err();
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/x"),
+        ])
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidEnvironment);
         assert!(e.msg.contains("CNI_CONTAINERID"), "{e}");
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])
-            .unwrap_err();
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
         assert!(e.msg.contains("CNI_NETNS"), "{e}");
     }
 
     #[test]
     fn del_may_come_without_netns() {
-        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])
-            .unwrap();
+        let e = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
         assert_eq!(e.netns, None);
     }
 
@@ -219,7 +246,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_invalid_environment() {
-        for (k, v) in [("CNI_IFNAME", "a/b"), ("CNI_IFNAME", "sixteen-chars-xx"), ("CNI_CONTAINERID", "-x")] {
+        for (k, v) in [
+            ("CNI_IFNAME", "a/b"),
+            ("CNI_IFNAME", "sixteen-chars-xx"),
+            ("CNI_CONTAINERID", "-x"),
+        ] {
             let mut vars = vec![
                 ("CNI_COMMAND", "ADD"),
                 ("CNI_NETNS", "/n"),
@@ -228,19 +259,36 @@ mod tests {
             ];
             vars.retain(|(kk, _)| *kk != k);
             vars.push((k, v));
-            assert_eq!(env(&vars).unwrap_err().code, ErrorCode::InvalidEnvironment, "{k}={v}");
+            assert_eq!(
+                env(&vars).unwrap_err().code,
+                ErrorCode::InvalidEnvironment,
+                "{k}={v}"
+            );
         }
-        assert_eq!(env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code, ErrorCode::InvalidEnvironment);
+        assert_eq!(
+            env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code,
+            ErrorCode::InvalidEnvironment
+        );
         assert_eq!(env(&[]).unwrap_err().code, ErrorCode::InvalidEnvironment);
     }
 
     #[test]
     fn cni_args_known_unknown_and_ignore_unknown() {
-        let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.1.0.9,fd00::9;FOO=bar").unwrap();
+        let a =
+            CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.1.0.9,fd00::9;FOO=bar").unwrap();
         assert_eq!(a.pod_name.as_deref(), Some("web"));
         assert_eq!(a.ips.len(), 2);
-        assert_eq!(CniArgs::parse("FOO=bar").unwrap_err().code, ErrorCode::UnsupportedField);
-        assert_eq!(CniArgs::parse("FOO").unwrap_err().code, ErrorCode::InvalidEnvironment);
-        assert_eq!(CniArgs::parse("IP=nope").unwrap_err().code, ErrorCode::InvalidEnvironment);
+        assert_eq!(
+            CniArgs::parse("FOO=bar").unwrap_err().code,
+            ErrorCode::UnsupportedField
+        );
+        assert_eq!(
+            CniArgs::parse("FOO").unwrap_err().code,
+            ErrorCode::InvalidEnvironment
+        );
+        assert_eq!(
+            CniArgs::parse("IP=nope").unwrap_err().code,
+            ErrorCode::InvalidEnvironment
+        );
     }
 }

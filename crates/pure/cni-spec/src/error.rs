@@ -18,6 +18,8 @@ pub enum ErrorCode {
     NotAvailable = 50,
     /// STATUS: the plugin cannot take ADDs, and existing containers may be disrupted.
     NotAvailableDisrupting = 51,
+    /// podnet's own (100+): CHECK found the attachment differs from its prevResult.
+    CheckFailed = 100,
 }
 
 impl ErrorCode {
@@ -36,7 +38,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: None }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: None,
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {

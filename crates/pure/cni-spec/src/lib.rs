@@ -8,6 +8,7 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod naming;
 pub mod result;
 pub mod version;
 

@@ -120,7 +120,11 @@ impl CniResult {
             ips: wire
                 .ips
                 .into_iter()
-                .map(|ip| IpConfig { address: ip.address, gateway: ip.gateway, interface: ip.interface })
+                .map(|ip| IpConfig {
+                    address: ip.address,
+                    gateway: ip.gateway,
+                    interface: ip.interface,
+                })
                 .collect(),
             routes: wire.routes,
             dns: wire.dns,
@@ -178,7 +182,11 @@ impl CniResult {
             .map(|ip| {
                 let mut m = Map::new();
                 if version.ips_carry_version() {
-                    let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                    let fam = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     m.insert("version".into(), fam.into());
                 }
                 m.insert("address".into(), ip.address.to_string().into());
@@ -206,7 +214,10 @@ impl CniResult {
                 .collect();
             out.insert("routes".into(), Value::Array(routes));
         }
-        out.insert("dns".into(), serde_json::to_value(&self.dns).expect("dns serializes"));
+        out.insert(
+            "dns".into(),
+            serde_json::to_value(&self.dns).expect("dns serializes"),
+        );
         Value::Object(out)
     }
 }

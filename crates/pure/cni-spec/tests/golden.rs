@@ -8,14 +8,23 @@ use podnet_cni_spec::{CniError, CniResult, CniVersion, Environment, ErrorCode, R
 use std::path::PathBuf;
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing golden file {}; run with UPDATE_GOLDEN=1", path.display()));
-    assert_eq!(actual, want, "golden {name} differs (UPDATE_GOLDEN=1 to accept)");
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {}; run with UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual, want,
+        "golden {name} differs (UPDATE_GOLDEN=1 to accept)"
+    );
 }
 
 const DUAL_STACK: &str = r#"{
@@ -56,13 +65,19 @@ fn conflist_on_stdin_uses_the_podnet_entry_with_list_name_and_version() {
     let list = r#"{"cniVersion": "0.4.0", "name": "list", "plugins": [
         {"type": "podnet", "ipam": {"subnet": "10.1.0.0/24"}}, {"type": "portmap"}]}"#;
     let conf = NetConf::parse(list.as_bytes()).unwrap();
-    assert_eq!((conf.name.as_str(), conf.version), ("list", CniVersion::V0_4_0));
+    assert_eq!(
+        (conf.name.as_str(), conf.version),
+        ("list", CniVersion::V0_4_0)
+    );
 }
 
 #[test]
 fn cni_versions_picks_the_highest_supported() {
     let c = r#"{"cniVersions": ["0.4.0", "1.0.0", "7.0.0"], "name": "n", "ipam": {"subnet": "10.1.0.0/24"}}"#;
-    assert_eq!(NetConf::parse(c.as_bytes()).unwrap().version, CniVersion::V1_0_0);
+    assert_eq!(
+        NetConf::parse(c.as_bytes()).unwrap().version,
+        CniVersion::V1_0_0
+    );
 }
 
 #[test]
@@ -109,28 +124,87 @@ fn code_of(stdin: &str) -> ErrorCode {
 fn bad_configurations_get_the_spec_codes() {
     assert_eq!(code_of(""), ErrorCode::Decode);
     assert_eq!(code_of("{not json"), ErrorCode::Decode);
-    assert_eq!(code_of(r#"{"cniVersion": "0.2.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::IncompatibleVersion);
-    assert_eq!(code_of(r#"{"name": "n", "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::IncompatibleVersion);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "../etc", "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "mtu": "big", "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "mtu": 20, "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n"}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.1/24"}}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "dhcp", "subnet": "10.1.0.0/24"}}"#), ErrorCode::UnsupportedField);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "ipMasq": true, "ipam": {"subnet": "10.1.0.0/24"}}"#), ErrorCode::UnsupportedField);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}, "runtimeConfig": {"mac": "01:00:00:00:00:00"}}"#), ErrorCode::InvalidConfig);
-    assert_eq!(code_of(r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}, "prevResult": {"ips": "x"}}"#), ErrorCode::Decode);
-    assert_eq!(version_for_errors(b"{\"cniVersion\": \"0.3.1\"}"), CniVersion::V0_3_1);
+    assert_eq!(
+        code_of(r#"{"cniVersion": "0.2.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}}"#),
+        ErrorCode::IncompatibleVersion
+    );
+    assert_eq!(
+        code_of(r#"{"name": "n", "ipam": {"subnet": "10.1.0.0/24"}}"#),
+        ErrorCode::IncompatibleVersion
+    );
+    assert_eq!(
+        code_of(r#"{"cniVersion": "1.0.0", "ipam": {"subnet": "10.1.0.0/24"}}"#),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(r#"{"cniVersion": "1.0.0", "name": "../etc", "ipam": {"subnet": "10.1.0.0/24"}}"#),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(
+            r#"{"cniVersion": "1.0.0", "name": "n", "mtu": "big", "ipam": {"subnet": "10.1.0.0/24"}}"#
+        ),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(
+            r#"{"cniVersion": "1.0.0", "name": "n", "mtu": 20, "ipam": {"subnet": "10.1.0.0/24"}}"#
+        ),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(r#"{"cniVersion": "1.0.0", "name": "n"}"#),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.1/24"}}"#),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(
+            r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "dhcp", "subnet": "10.1.0.0/24"}}"#
+        ),
+        ErrorCode::UnsupportedField
+    );
+    assert_eq!(
+        code_of(
+            r#"{"cniVersion": "1.0.0", "name": "n", "ipMasq": true, "ipam": {"subnet": "10.1.0.0/24"}}"#
+        ),
+        ErrorCode::UnsupportedField
+    );
+    assert_eq!(
+        code_of(
+            r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}, "runtimeConfig": {"mac": "01:00:00:00:00:00"}}"#
+        ),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code_of(
+            r#"{"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}, "prevResult": {"ips": "x"}}"#
+        ),
+        ErrorCode::Decode
+    );
+    assert_eq!(
+        version_for_errors(b"{\"cniVersion\": \"0.3.1\"}"),
+        CniVersion::V0_3_1
+    );
     assert_eq!(version_for_errors(b"garbage"), CniVersion::LATEST);
-    assert_eq!(parse_version(br#"{"cniVersion": "0.3.0"}"#).unwrap(), CniVersion::V0_3_0);
+    assert_eq!(
+        parse_version(br#"{"cniVersion": "0.3.0"}"#).unwrap(),
+        CniVersion::V0_3_0
+    );
 }
 
 #[test]
 fn verbs_are_checked_against_the_version() {
     let env = |cmd: &'static str| {
-        Environment::parse([("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/n")])
-            .unwrap()
+        Environment::parse([
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/n"),
+        ])
+        .unwrap()
     };
     let conf = |v: &str, extra: &str| {
         NetConf::parse(format!(r#"{{"cniVersion": "{v}", "name": "n", "ipam": {{"subnet": "10.1.0.0/24"}}{extra}}}"#).as_bytes())

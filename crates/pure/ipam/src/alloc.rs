@@ -19,7 +19,10 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Self {
-        Owner { container_id: container_id.into(), ifname: ifname.into() }
+        Owner {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
     }
 }
 
@@ -45,7 +48,11 @@ pub struct Allocations {
 impl Allocations {
     /// The addresses `owner` holds, in address order.
     pub fn held_by(&self, owner: &Owner) -> Vec<IpAddr> {
-        self.entries.iter().filter(|(_, o)| *o == owner).map(|(ip, _)| *ip).collect()
+        self.entries
+            .iter()
+            .filter(|(_, o)| *o == owner)
+            .map(|(ip, _)| *ip)
+            .collect()
     }
 
     /// Gives `owner` one address from every range set of `pool`.
@@ -55,7 +62,12 @@ impl Allocations {
     /// config `ips`), at most one per set; a set without a request gets the next free
     /// address after its cursor. Returns the leases, one per set, in set order. On error
     /// the table is unchanged.
-    pub fn allocate(&mut self, pool: &Pool, owner: &Owner, requested: &[IpAddr]) -> Result<Vec<Lease>> {
+    pub fn allocate(
+        &mut self,
+        pool: &Pool,
+        owner: &Owner,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Lease>> {
         let mut wanted: Vec<Option<IpAddr>> = vec![None; pool.sets.len()];
         for ip in requested {
             let i = pool
@@ -64,7 +76,9 @@ impl Allocations {
                 .position(|s| s.contains(*ip))
                 .ok_or(IpamError::OutsideRanges { ip: *ip })?;
             if wanted[i].replace(*ip).is_some() {
-                return Err(IpamError::TwoForOneSet { set: pool.sets[i].key() });
+                return Err(IpamError::TwoForOneSet {
+                    set: pool.sets[i].key(),
+                });
             }
         }
         let held = self.held_by(owner);
@@ -76,7 +90,10 @@ impl Allocations {
                 (Some(ip), Some(w)) if ip == *w => ip,
                 (_, Some(w)) => {
                     if let Some(holder) = self.entries.get(w).filter(|o| *o != owner) {
-                        return Err(IpamError::Taken { ip: *w, holder: holder.container_id.clone() });
+                        return Err(IpamError::Taken {
+                            ip: *w,
+                            holder: holder.container_id.clone(),
+                        });
                     }
                     *w
                 }
@@ -112,16 +129,26 @@ impl Allocations {
         let v4 = set.is_ipv4();
         let used = |n: u128| {
             let ip = from_u128(n, v4);
-            self.entries.contains_key(&ip) || also_taken.contains(&ip) || set.ranges.iter().any(|r| r.gateway == ip)
+            self.entries.contains_key(&ip)
+                || also_taken.contains(&ip)
+                || set.ranges.iter().any(|r| r.gateway == ip)
         };
         let capacity: u128 = set.ranges.iter().map(|r| r.len()).sum();
         let taken_in_set = self.entries.keys().filter(|ip| set.contains(**ip)).count() as u128
             + set.ranges.len() as u128;
         // Start just after the cursor, in the range that holds it (or at the first range).
-        let cursor = self.last_reserved.get(&set.key()).copied().filter(|ip| set.contains(*ip));
+        let cursor = self
+            .last_reserved
+            .get(&set.key())
+            .copied()
+            .filter(|ip| set.contains(*ip));
         let (mut ri, mut n) = match cursor {
             Some(c) => {
-                let ri = set.ranges.iter().position(|r| r.contains(c)).expect("cursor in set");
+                let ri = set
+                    .ranges
+                    .iter()
+                    .position(|r| r.contains(c))
+                    .expect("cursor in set");
                 (ri, to_u128(c) + 1)
             }
             None => (0, to_u128(set.ranges[0].start)),
@@ -170,7 +197,11 @@ impl Allocations {
         pool.sets
             .iter()
             .map(|set| {
-                let capacity: u128 = set.ranges.iter().map(|r| r.len() - u128::from(r.contains(r.gateway))).sum();
+                let capacity: u128 = set
+                    .ranges
+                    .iter()
+                    .map(|r| r.len() - u128::from(r.contains(r.gateway)))
+                    .sum();
                 let used = self.entries.keys().filter(|ip| set.contains(**ip)).count() as u128;
                 capacity.saturating_sub(used)
             })
@@ -185,7 +216,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn pool(json: &str) -> Pool {
-        serde_json::from_str::<IpamSpec>(json).unwrap().validate().unwrap()
+        serde_json::from_str::<IpamSpec>(json)
+            .unwrap()
+            .validate()
+            .unwrap()
     }
 
     fn owner(i: usize) -> Owner {
@@ -224,7 +258,12 @@ mod tests {
         }
         assert_eq!(t.free_per_set(&p), vec![0]);
         let err = t.allocate(&p, &owner(9), &[]).unwrap_err();
-        assert_eq!(err, IpamError::Exhausted { set: "10.1.0.0/29".into() });
+        assert_eq!(
+            err,
+            IpamError::Exhausted {
+                set: "10.1.0.0/29".into()
+            }
+        );
         t.release(&owner(1)); // frees .3 — behind the cursor (.6), found by wrapping
         let l = t.allocate(&p, &owner(9), &[]).unwrap();
         assert_eq!(l[0].address.to_string(), "10.1.0.3/29");
@@ -232,14 +271,24 @@ mod tests {
 
     #[test]
     fn exhausted_ipv6_slash_64_answers_without_scanning_the_range() {
-        let p = pool(r#"{"ranges":[[{"subnet":"fd00::/64","rangeStart":"fd00::2","rangeEnd":"fd00::3"}]]}"#);
+        let p = pool(
+            r#"{"ranges":[[{"subnet":"fd00::/64","rangeStart":"fd00::2","rangeEnd":"fd00::3"}]]}"#,
+        );
         let mut t = Allocations::default();
         t.allocate(&p, &owner(1), &[]).unwrap();
         t.allocate(&p, &owner(2), &[]).unwrap();
-        assert!(matches!(t.allocate(&p, &owner(3), &[]), Err(IpamError::Exhausted { .. })));
+        assert!(matches!(
+            t.allocate(&p, &owner(3), &[]),
+            Err(IpamError::Exhausted { .. })
+        ));
         let big = pool(r#"{"subnet":"fd00::/64"}"#);
         let mut t = Allocations::default();
-        assert_eq!(t.allocate(&big, &owner(1), &[]).unwrap()[0].address.to_string(), "fd00::2/64");
+        assert_eq!(
+            t.allocate(&big, &owner(1), &[]).unwrap()[0]
+                .address
+                .to_string(),
+            "fd00::2/64"
+        );
     }
 
     #[test]
@@ -257,13 +306,25 @@ mod tests {
         let p = pool(r#"{"subnet":"10.1.0.0/24"}"#);
         let mut t = Allocations::default();
         let ip: IpAddr = "10.1.0.50".parse().unwrap();
-        assert_eq!(t.allocate(&p, &owner(1), &[ip]).unwrap()[0].address.addr(), ip);
-        assert!(matches!(t.allocate(&p, &owner(2), &[ip]), Err(IpamError::Taken { .. })));
+        assert_eq!(
+            t.allocate(&p, &owner(1), &[ip]).unwrap()[0].address.addr(),
+            ip
+        );
+        assert!(matches!(
+            t.allocate(&p, &owner(2), &[ip]),
+            Err(IpamError::Taken { .. })
+        ));
         let out: IpAddr = "10.9.0.1".parse().unwrap();
-        assert!(matches!(t.allocate(&p, &owner(2), &[out]), Err(IpamError::OutsideRanges { .. })));
+        assert!(matches!(
+            t.allocate(&p, &owner(2), &[out]),
+            Err(IpamError::OutsideRanges { .. })
+        ));
         let before = t.clone();
         let two = ["10.1.0.60".parse().unwrap(), "10.1.0.61".parse().unwrap()];
-        assert!(matches!(t.allocate(&p, &owner(3), &two), Err(IpamError::TwoForOneSet { .. })));
+        assert!(matches!(
+            t.allocate(&p, &owner(3), &two),
+            Err(IpamError::TwoForOneSet { .. })
+        ));
         assert_eq!(t, before, "a failed allocation changes nothing");
     }
 

@@ -63,7 +63,9 @@ pub struct Range {
 
 impl Range {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        same_family(ip, self.start) && to_u128(ip) >= to_u128(self.start) && to_u128(ip) <= to_u128(self.end)
+        same_family(ip, self.start)
+            && to_u128(ip) >= to_u128(self.start)
+            && to_u128(ip) <= to_u128(self.end)
     }
 
     /// Number of addresses in `start..=end` (gateway included).
@@ -133,7 +135,9 @@ impl IpamSpec {
             }]);
         }
         if raw_sets.is_empty() {
-            return Err(IpamError::InvalidConfig("no \"ranges\" (or \"subnet\") given".into()));
+            return Err(IpamError::InvalidConfig(
+                "no \"ranges\" (or \"subnet\") given".into(),
+            ));
         }
         let mut sets: Vec<RangeSet> = Vec::new();
         for (i, raw) in raw_sets.iter().enumerate() {
@@ -143,7 +147,9 @@ impl IpamSpec {
             let ranges = raw
                 .iter()
                 .enumerate()
-                .map(|(j, r)| validate_range(r).map_err(|e| prefix(e, &format!("ranges[{i}][{j}]"))))
+                .map(|(j, r)| {
+                    validate_range(r).map_err(|e| prefix(e, &format!("ranges[{i}][{j}]")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let fam = ranges[0].start.is_ipv4();
             if ranges.iter().any(|r| r.start.is_ipv4() != fam) {
@@ -163,7 +169,11 @@ impl IpamSpec {
                 }
             }
             for (k, other) in sets.iter().enumerate() {
-                if other.ranges.iter().any(|ro| set.ranges.iter().any(|r| r.overlaps(ro))) {
+                if other
+                    .ranges
+                    .iter()
+                    .any(|ro| set.ranges.iter().any(|r| r.overlaps(ro)))
+                {
                     return Err(IpamError::InvalidConfig(format!(
                         "ranges[{i}] overlaps ranges[{k}]"
                     )));
@@ -171,7 +181,10 @@ impl IpamSpec {
             }
             sets.push(set);
         }
-        Ok(Pool { sets, routes: self.routes.clone() })
+        Ok(Pool {
+            sets,
+            routes: self.routes.clone(),
+        })
     }
 }
 
@@ -195,7 +208,9 @@ fn validate_range(r: &RangeSpec) -> Result<Range, IpamError> {
     }
     let host_bits = subnet.max_prefix_len() - subnet.prefix_len();
     if host_bits < 2 {
-        return Err(IpamError::InvalidConfig(format!("subnet {subnet} is too small")));
+        return Err(IpamError::InvalidConfig(format!(
+            "subnet {subnet} is too small"
+        )));
     }
     let net = to_u128(subnet.network());
     let last = to_u128(subnet.broadcast());
@@ -204,11 +219,17 @@ fn validate_range(r: &RangeSpec) -> Result<Range, IpamError> {
     let start = r.range_start.map(to_u128).unwrap_or(net + 1);
     let end = r.range_end.map(to_u128).unwrap_or(default_end);
     let gateway = r.gateway.map(to_u128).unwrap_or(net + 1);
-    for (what, ip) in [("rangeStart", r.range_start), ("rangeEnd", r.range_end), ("gateway", r.gateway)] {
+    for (what, ip) in [
+        ("rangeStart", r.range_start),
+        ("rangeEnd", r.range_end),
+        ("gateway", r.gateway),
+    ] {
         if let Some(ip) = ip
             && (!same_family(ip, subnet.addr()) || !subnet.contains(&ip))
         {
-            return Err(IpamError::InvalidConfig(format!("{what} {ip} is not in subnet {subnet}")));
+            return Err(IpamError::InvalidConfig(format!(
+                "{what} {ip} is not in subnet {subnet}"
+            )));
         }
     }
     if start <= net || end > default_end || start > end {
@@ -270,15 +291,36 @@ mod tests {
             (r#"{"subnet":"10.1.0.5/24"}"#, "host bits"),
             (r#"{"subnet":"10.1.0.0/31"}"#, "too small"),
             (r#"{"subnet":"nope"}"#, "not a CIDR"),
-            (r#"{"subnet":"10.1.0.0/24","rangeStart":"10.2.0.1"}"#, "not in subnet"),
-            (r#"{"subnet":"10.1.0.0/24","rangeStart":"10.1.0.9","rangeEnd":"10.1.0.3"}"#, "empty"),
-            (r#"{"subnet":"10.1.0.0/24","rangeEnd":"10.1.0.255"}"#, "broadcast"),
-            (r#"{"ranges":[[{"subnet":"10.1.0.0/24"},{"subnet":"fd00::/64"}]]}"#, "mixes"),
-            (r#"{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.1.0.0/25"}]]}"#, "overlaps"),
-            (r#"{"ranges":[[{"subnet":"10.1.0.0/24"},{"subnet":"10.1.0.0/24"}]]}"#, "overlap"),
+            (
+                r#"{"subnet":"10.1.0.0/24","rangeStart":"10.2.0.1"}"#,
+                "not in subnet",
+            ),
+            (
+                r#"{"subnet":"10.1.0.0/24","rangeStart":"10.1.0.9","rangeEnd":"10.1.0.3"}"#,
+                "empty",
+            ),
+            (
+                r#"{"subnet":"10.1.0.0/24","rangeEnd":"10.1.0.255"}"#,
+                "broadcast",
+            ),
+            (
+                r#"{"ranges":[[{"subnet":"10.1.0.0/24"},{"subnet":"fd00::/64"}]]}"#,
+                "mixes",
+            ),
+            (
+                r#"{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.1.0.0/25"}]]}"#,
+                "overlaps",
+            ),
+            (
+                r#"{"ranges":[[{"subnet":"10.1.0.0/24"},{"subnet":"10.1.0.0/24"}]]}"#,
+                "overlap",
+            ),
             (r#"{"ranges":[[]]}"#, "is empty"),
             (r#"{}"#, "no \"ranges\""),
-            (r#"{"subnet":"10.1.0.0/24","ranges":[[{"subnet":"10.2.0.0/24"}]]}"#, "not both"),
+            (
+                r#"{"subnet":"10.1.0.0/24","ranges":[[{"subnet":"10.2.0.0/24"}]]}"#,
+                "not both",
+            ),
         ];
         for (json, want) in cases {
             let err = spec(json).validate().unwrap_err().to_string();

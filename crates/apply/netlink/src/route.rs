@@ -1,0 +1,134 @@
+//! Apply: routes in the main table.
+
+use crate::addr::family;
+use crate::{Netlink, Result};
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use std::net::IpAddr;
+
+/// A unicast route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// The next hop is on the link even if no address says so (VXLAN peers).
+    pub onlink: bool,
+}
+
+impl RouteSpec {
+    fn to_message(&self) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(self.dst.addr());
+        msg.header.destination_prefix_length = self.dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = if self.gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        if self.onlink {
+            msg.header.flags = RouteFlags::Onlink;
+        }
+        if self.dst.prefix_len() > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    self.dst.addr(),
+                )));
+        }
+        if let Some(gw) = self.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        if let Some(oif) = self.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        msg
+    }
+}
+
+impl Netlink {
+    /// Adds a route; `Exists` if one for the same destination is there.
+    pub fn add_route(&mut self, route: &RouteSpec) -> Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewRoute(route.to_message()),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("add route {} via {:?}", route.dst, route.gateway),
+        )
+        .map(drop)
+    }
+
+    /// Deletes a route; `NotFound` if it is not there.
+    pub fn delete_route(&mut self, route: &RouteSpec) -> Result<()> {
+        self.request(RouteNetlinkMessage::DelRoute(route.to_message()), 0, || {
+            format!("delete route {}", route.dst)
+        })
+        .map(drop)
+    }
+
+    /// Unicast routes of the main table, IPv4 and IPv6.
+    pub fn routes(&mut self) -> Result<Vec<RouteSpec>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = fam;
+            let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, || {
+                "list routes".into()
+            })?;
+            for r in replies {
+                let RouteNetlinkMessage::NewRoute(m) = r else {
+                    continue;
+                };
+                if m.header.table != RouteHeader::RT_TABLE_MAIN
+                    || m.header.kind != RouteType::Unicast
+                {
+                    continue;
+                }
+                let mut dst = None;
+                let mut gateway = None;
+                let mut oif = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst = route_ip(d),
+                        RouteAttribute::Gateway(g) => gateway = route_ip(g),
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        _ => {}
+                    }
+                }
+                let unspecified: IpAddr = if fam == AddressFamily::Inet {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u16; 8])
+                };
+                let Ok(dst) = IpNet::new(
+                    dst.unwrap_or(unspecified),
+                    m.header.destination_prefix_length,
+                ) else {
+                    continue;
+                };
+                out.push(RouteSpec {
+                    dst,
+                    gateway,
+                    oif,
+                    onlink: m.header.flags.contains(RouteFlags::Onlink),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}

@@ -1,0 +1,160 @@
+//! Orchestration: the command line (everything except the CNI plugin role).
+
+use crate::cni::runtime::{Attachment, ConfList, Runtime};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "podnet",
+    version,
+    about = "The Kubernetes networking model, end to end."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a conflist against a container, as a container runtime would (a `cnitool`).
+    Cni {
+        #[command(subcommand)]
+        verb: CniVerb,
+    },
+    /// Show pod networking on one node: two pods wired by the plugin, talking over TCP.
+    Demo,
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// The network configuration list.
+    #[arg(long)]
+    conflist: PathBuf,
+    /// Directories to find plugins in (repeatable).
+    #[arg(long = "plugin-dir", default_values = ["/opt/cni/bin", "/usr/lib/cni"])]
+    plugin_dirs: Vec<PathBuf>,
+    /// Where results are cached between ADD and DEL/CHECK.
+    #[arg(long, default_value = "/var/lib/cni/podnet-runtime")]
+    cache_dir: PathBuf,
+    /// Run the plugins inside this network namespace (the node's), not the caller's.
+    #[arg(long)]
+    exec_netns: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// The container's network namespace path.
+    #[arg(long)]
+    netns: String,
+    #[arg(long)]
+    container_id: String,
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    /// CNI_ARGS entries, KEY=VALUE (repeatable).
+    #[arg(long = "arg")]
+    args: Vec<String>,
+    /// Capability arguments as a JSON object, e.g. '{"portMappings":[…]}'.
+    #[arg(long)]
+    capability_args: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CniVerb {
+    /// ADD: attach, print the result.
+    Add(AttachArgs),
+    /// DEL: detach.
+    Del(AttachArgs),
+    /// CHECK: verify against the cached result.
+    Check(AttachArgs),
+    /// GC: keep only the listed attachments (CONTAINER_ID/IFNAME, repeatable).
+    Gc {
+        #[command(flatten)]
+        rt: RuntimeArgs,
+        #[arg(long = "valid")]
+        valid: Vec<String>,
+    },
+    /// STATUS: can the network take ADDs now?
+    Status {
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    },
+}
+
+impl RuntimeArgs {
+    fn build(&self) -> Result<(Runtime, ConfList)> {
+        let list = ConfList::load(&self.conflist)?;
+        let rt = Runtime {
+            plugin_dirs: self.plugin_dirs.clone(),
+            cache_dir: self.cache_dir.clone(),
+            exec_netns: self.exec_netns.clone(),
+        };
+        Ok((rt, list))
+    }
+}
+
+impl AttachArgs {
+    fn attachment(&self) -> Result<Attachment> {
+        let args = self
+            .args
+            .iter()
+            .map(|a| {
+                a.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .context("--arg wants KEY=VALUE")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let capability_args = match &self.capability_args {
+            Some(s) => serde_json::from_str(s).context("--capability-args is not a JSON object")?,
+            None => Default::default(),
+        };
+        Ok(Attachment {
+            container_id: self.container_id.clone(),
+            netns: self.netns.clone(),
+            ifname: self.ifname.clone(),
+            args,
+            capability_args,
+        })
+    }
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Demo => crate::demo::run(),
+        Cmd::Cni { verb } => match verb {
+            CniVerb::Add(a) => {
+                let (rt, list) = a.rt.build()?;
+                let result = rt.add(&list, &a.attachment()?)?;
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                Ok(())
+            }
+            CniVerb::Del(a) => {
+                let (rt, list) = a.rt.build()?;
+                rt.del(&list, &a.attachment()?)
+            }
+            CniVerb::Check(a) => {
+                let (rt, list) = a.rt.build()?;
+                rt.check(&list, &a.attachment()?)
+            }
+            CniVerb::Gc { rt, valid } => {
+                let (rt, list) = rt.build()?;
+                let valid = valid
+                    .iter()
+                    .map(|v| {
+                        v.split_once('/')
+                            .map(|(c, i)| (c.to_string(), i.to_string()))
+                            .context("--valid wants ID/IFNAME")
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                rt.gc(&list, &valid)
+            }
+            CniVerb::Status { rt } => {
+                let (rt, list) = rt.build()?;
+                rt.status(&list)
+            }
+        },
+    }
+}
