@@ -21,7 +21,7 @@ enum Cmd {
     /// Run a conflist against a container, as a container runtime would (a `cnitool`).
     Cni {
         #[command(subcommand)]
-        verb: CniVerb,
+        verb: Box<CniVerb>,
     },
     /// Show pod networking on one node: two pods wired by the plugin, talking over TCP.
     Demo,
@@ -124,7 +124,7 @@ impl AttachArgs {
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo => crate::demo::run(),
-        Cmd::Cni { verb } => match verb {
+        Cmd::Cni { verb } => match *verb {
             CniVerb::Add(a) => {
                 let (rt, list) = a.rt.build()?;
                 let result = rt.add(&list, &a.attachment()?)?;

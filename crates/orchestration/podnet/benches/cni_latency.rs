@@ -1,0 +1,113 @@
+//! Benchmark: ADD and DEL latency of podnet against Debian's reference `bridge` +
+//! `host-local` plugins on the same configuration, in one run.
+//!
+//!     cargo bench -p podnet --bench cni_latency [-- ROUNDS]
+//!
+//! Both plugins are exec'd the same way (a child spawned from a thread inside the node's
+//! namespace, no `ip netns exec`), one attachment per fresh pod namespace, interleaved
+//! round by round so drift on the machine hits both alike. Needs root.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const REFERENCE_BRIDGE: &str = "/usr/lib/cni/bridge";
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    assert!(
+        std::path::Path::new(REFERENCE_BRIDGE).exists(),
+        "install containernetworking-plugins first"
+    );
+    let mut node = Node::new();
+    let podnet_conf = node.conf("1.0.0", r#"[[{"subnet": "10.98.0.0/24"}]]"#);
+    let ref_conf = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "refbr0",
+            "isGateway": true, "ipam": {{"type": "host-local", "subnet": "10.98.1.0/24",
+            "dataDir": "{}"}}}}"#,
+        node.work.path().join("host-local").display()
+    );
+    let warmup = 3;
+    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()]; // podnet add/del, ref add/del
+    for i in 0..rounds + warmup {
+        let (pp, pr) = (node.pod(&format!("p{i}")), node.pod(&format!("r{i}")));
+        let id = format!("bench{i}");
+        let ref_env = |cmd: &'static str, ns: &std::path::Path| {
+            let mut e = attach_env(cmd, &id, ns)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>();
+            e.retain(|(k, _)| k != "CNI_PATH");
+            e.push(("CNI_PATH".into(), "/usr/lib/cni".into()));
+            e
+        };
+        let timed = |f: &dyn Fn() -> Outcome| {
+            let start = Instant::now();
+            let out = f();
+            let took = start.elapsed();
+            out.ok();
+            took
+        };
+        let pa = timed(&|| node.add(&podnet_conf, &id, &pp));
+        let ra = timed(&|| {
+            let env = ref_env("ADD", &pr);
+            exec_in(
+                &node.node,
+                REFERENCE_BRIDGE,
+                &env.iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+                &ref_conf,
+            )
+        });
+        let pd = timed(&|| node.del(&podnet_conf, &id, &pp));
+        let rd = timed(&|| {
+            let env = ref_env("DEL", &pr);
+            exec_in(
+                &node.node,
+                REFERENCE_BRIDGE,
+                &env.iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+                &ref_conf,
+            )
+        });
+        if i >= warmup {
+            for (v, d) in t.iter_mut().zip([pa, pd, ra, rd]) {
+                v.push(d);
+            }
+        }
+        node.remove_pod(&pp);
+        node.remove_pod(&pr);
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() * 9 / 10])
+    };
+    let [pa, pd, ra, rd] = &mut t;
+    let (pa, pd, ra, rd) = (stats(pa), stats(pd), stats(ra), stats(rd));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "CNI latency, {rounds} rounds (+{warmup} warm-up), one fresh pod namespace per attachment"
+    );
+    println!(
+        "{:<8} {:>14} {:>14} {:>14} {:>14} {:>8}",
+        "verb", "podnet p50", "podnet p90", "ref p50", "ref p90", "ratio"
+    );
+    for (verb, p, r) in [("ADD", pa, ra), ("DEL", pd, rd)] {
+        println!(
+            "{verb:<8} {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>11.2} ms {:>7.2}x",
+            ms(p.0),
+            ms(p.1),
+            ms(r.0),
+            ms(r.1),
+            ms(p.0) / ms(r.0)
+        );
+    }
+    println!("(ratio = podnet p50 / reference bridge+host-local p50; target <= 0.25x)");
+}
