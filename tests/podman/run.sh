@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# podman-on-podnet: podman (CNI network backend) runs two containers on a podnet network,
+# and they reach each other by IP.
+#
+#   sudo PODNET_BIN=/path/to/podnet tests/podman/run.sh
+#
+# Needs root and the Debian packages podman, runc, busybox-static,
+# containernetworking-plugins, iproute2 (and util-linux, coreutils). Prints progress lines
+# and, on success, exactly one line "podman-on-podnet: 1 passed, 0 failed" (the last);
+# on failure "podman-on-podnet: FAIL: <reason>" and exit status 1. A run takes ~2 s.
+#
+# What it checks: podman starts two containers on the network "podnet" (plugin type
+# "podnet"), each gets an address in 10.88.77.0/24 from podnet's IPAM, each fetches a
+# page naming the other from the other's IP over HTTP, and after `podman rm -f` podnet's
+# IPAM table no longer holds their addresses and no veth is left.
+#
+# Isolation (root on a shared machine):
+# - The host's network namespace is never touched. The script creates its own namespace
+#   (pn-podman-PID) and runs every podman command under `nsenter --net=` into it, so the
+#   plugin builds its bridge and host-side veths there, and the containers' traffic never
+#   leaves it. (Not `ip netns exec`: it remounts /sys, which breaks podman's cgroup
+#   handling.) The containers' own namespaces are made by podman (/run/netns/netns-UUID)
+#   and removed by it; the script removes any it leaves behind.
+# - All podman state lives in one temporary directory: containers.conf (CONTAINERS_CONF),
+#   storage.conf (CONTAINERS_STORAGE_CONF, vfs driver), --root/--runroot/--tmpdir, the
+#   network config dir, file locks instead of /dev/shm/libpod_lock, the events log, runc's
+#   state (a wrapper adds --root; /run/runc otherwise) and podnet's IPAM table.
+# - Containers (and conmon) get the cgroup parent /pn-podman-PID instead of
+#   /libpod_parent; the script removes those cgroup directories.
+# - `podman import` runs in a private mount namespace with a tmpfs over /var/lib, because
+#   containers/image writes /var/lib/containers/cache for root whatever --root says.
+# - libcni's result cache is fixed at /var/lib/cni/results (podman 4.3 has no setting).
+#   libcni deletes its entries on DEL; the script deletes any of its containers' entries
+#   left over, and the directories if they did not exist before.
+# - Everything is undone on exit, also on failure or interrupt: containers, processes
+#   (only those whose command line names the temporary directory or that live in the
+#   script's cgroup parent, killed by PID), mounts under the temporary directory, cgroups,
+#   the namespace, the directory.
+#
+# Environment:
+#   PODNET_BIN        the podnet binary (default: target/debug/podnet of this repo)
+#   PODNET_CNI_TRACE  1 = put a logging shim in front of the plugin and print every CNI
+#                     call podman made (verb, stdin, stdout, stderr, exit status)
+#   KEEP_TMP          1 = keep the temporary directory (for debugging; it is printed)
+#   TMPDIR            where the temporary directory goes (default /tmp; not noexec)
+set -Eeuo pipefail
+
+TEST=podman-on-podnet
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PODNET_BIN=${PODNET_BIN:-$REPO/target/debug/podnet}
+NET=podnet
+BRIDGE=pn-pm0
+SUBNET=10.88.77.0/24
+SUBNET_PREFIX=10.88.77.
+# The conflist's cniVersion. podman 4.3 vendors libcni 1.1.x, whose newest version is
+# 1.0.0: with "1.1.0" the plugin's ADD succeeds but podman fails with
+# `plugin type="podnet" failed (add): unsupported CNI result version "1.1.0"` (and calls
+# DEL). So 1.0.0 is the highest that works.
+CNI_VERSION=1.0.0
+IMAGE=localhost/podnet-busybox:test
+PODMAN_TIMEOUT=120 # seconds, per podman command
+
+NS=pn-podman-$$
+CGROUP_PARENT=/pn-podman-$$
+WORK=
+NS_CREATED=0
+declare -a NEW_DIRS=() # of /var/lib/cni, /var/lib/cni/results: those this run created
+TRACE_SHOWN=0
+
+say() { printf '%s: %s\n' "$TEST" "$*"; }
+die() {
+    printf '%s: FAIL: %s\n' "$TEST" "$*"
+    exit 1
+}
+
+show_trace() {
+    if [[ ${PODNET_CNI_TRACE:-0} == 1 && $TRACE_SHOWN == 0 && -f $WORK/cni-trace.log ]]; then
+        TRACE_SHOWN=1
+        say "CNI calls made by podman:"
+        cat "$WORK/cni-trace.log"
+    fi
+}
+
+# ---------------------------------------------------------------------------- cleanup
+pm() { "$WORK/podman.sh" "$@"; }
+
+# Processes started (directly or via podman/conmon/runc) by this run: those whose command
+# line names $WORK (podman, conmon, runc) or that live in our cgroup parent (containers).
+# Only these PIDs are ever signalled.
+our_pids() {
+    local p cmd cg
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [[ $p == "$$" || $p == "$BASHPID" ]] && continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+        cg=$(cat "/proc/$p/cgroup" 2>/dev/null) || cg=
+        if [[ $cmd == *"$WORK/"* || $cg == *":$CGROUP_PARENT/"* ]]; then
+            echo "$p"
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM HUP ERR
+    local ids=() sandboxes=() id sb
+    if [[ -n $WORK && -x $WORK/podman.sh && $NS_CREATED == 1 ]]; then
+        mapfile -t ids < <(timeout -k 5 30 "$WORK/podman.sh" ps -a -q --no-trunc 2>/dev/null)
+        for id in "${ids[@]}"; do
+            sandboxes+=("$(timeout -k 5 30 "$WORK/podman.sh" inspect \
+                --format '{{.NetworkSettings.SandboxKey}}' "$id" 2>/dev/null)")
+        done
+        if ((${#ids[@]})); then
+            say "cleanup: removing containers"
+            timeout -k 5 60 "$WORK/podman.sh" rm -a -f -t 0 >/dev/null 2>&1 ||
+                say "cleanup: WARNING: podman rm -a -f failed"
+        fi
+    fi
+    show_trace
+    if [[ -n $WORK && -d $WORK ]]; then
+        local pids
+        pids=$(our_pids)
+        if [[ -n $pids ]]; then
+            say "cleanup: killing leftover processes" $pids
+            # shellcheck disable=SC2086
+            kill -KILL $pids 2>/dev/null
+            sleep 0.5
+        fi
+        # Container namespaces podman did not remove.
+        for sb in "${sandboxes[@]}"; do
+            if [[ $sb == /run/netns/* && -e $sb ]]; then
+                say "cleanup: removing leftover container netns $sb"
+                ip netns del "${sb#/run/netns/}" 2>/dev/null || { umount -l "$sb"; rm -f "$sb"; }
+            fi
+        done
+        # Mounts under $WORK (a container's /dev/shm tmpfs, …), deepest first.
+        local m
+        while read -r m; do
+            [[ -n $m ]] && { umount -l "$m" 2>/dev/null || say "cleanup: WARNING: cannot unmount $m"; }
+        done < <(awk -v w="$WORK/" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r)
+    fi
+    # libcni's result cache: our containers' entries, then the directories we made.
+    for id in "${ids[@]}"; do
+        [[ -n $id ]] && rm -f /var/lib/cni/results/"$NET-$id-"*
+    done
+    local i
+    for ((i = ${#NEW_DIRS[@]} - 1; i >= 0; i--)); do
+        rmdir "${NEW_DIRS[i]}" 2>/dev/null
+    done
+    # Cgroups: runc removes each container's; the parent and conmon's stay.
+    local h d
+    for h in /sys/fs/cgroup/*/; do
+        d=$h${CGROUP_PARENT#/}
+        [[ -d $d ]] || continue
+        for i in 1 2 3 4 5; do # processes just killed may take a moment to leave
+            find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+            [[ -d $d ]] || break
+            sleep 0.2
+        done
+        [[ ! -d $d ]] || say "cleanup: WARNING: cannot remove cgroup $d"
+    done
+    if [[ $NS_CREATED == 1 ]]; then
+        ip netns del "$NS" 2>/dev/null || say "cleanup: WARNING: cannot delete netns $NS"
+    fi
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ ${KEEP_TMP:-0} == 1 ]]; then
+            say "cleanup: keeping $WORK"
+        else
+            rm -rf --one-file-system "$WORK" 2>/dev/null || say "cleanup: WARNING: cannot remove $WORK"
+        fi
+    fi
+    if [[ $rc != 0 ]]; then
+        echo "$TEST: 0 passed, 1 failed"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'die "interrupted"' INT TERM HUP
+trap 'die "command failed (line $LINENO): $BASH_COMMAND"' ERR
+
+# ---------------------------------------------------------------------------- preflight
+[[ $(id -u) == 0 ]] || die "must run as root (rootful podman with CNI, network namespaces)"
+need() { # need COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 || die "'$1' not found: install the Debian package '$2'"
+}
+need podman podman
+need conmon conmon
+need runc runc
+need ip iproute2
+need nsenter util-linux
+need unshare util-linux
+need timeout coreutils
+[[ -x /bin/busybox ]] || die "/bin/busybox not found: install the Debian package 'busybox-static'"
+/bin/busybox true 2>/dev/null || die "/bin/busybox does not run"
+if command -v ldd >/dev/null && ldd /bin/busybox >/dev/null 2>&1; then
+    die "/bin/busybox is dynamically linked: install 'busybox-static' instead of 'busybox'"
+fi
+[[ -x /usr/lib/cni/loopback ]] ||
+    die "/usr/lib/cni/loopback not found: install the Debian package 'containernetworking-plugins'"
+[[ -x $PODNET_BIN && -f $PODNET_BIN ]] ||
+    die "podnet binary '$PODNET_BIN' not found or not executable (set PODNET_BIN)"
+PODNET_BIN=$(readlink -f "$PODNET_BIN")
+say "podman $(podman --version | awk '{print $NF}'), runc $(runc --version | awk 'NR==1{print $NF}'), plugin $PODNET_BIN"
+
+# ---------------------------------------------------------------------------- setup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pn-podman.XXXXXX") # must not be noexec
+chmod 755 "$WORK"
+mkdir -p "$WORK"/{bin,cni-bin,net.d,ipam,storage,run,tmp,rootfs}
+for d in /var/lib/cni /var/lib/cni/results; do
+    [[ -e $d ]] || NEW_DIRS+=("$d")
+done
+
+ip netns add "$NS"
+NS_CREATED=1
+say "created network namespace $NS; state in $WORK"
+
+# runc keeps its state in --root (default /run/runc); podman passes none, the wrapper does.
+cat >"$WORK/bin/runc" <<EOF
+#!/bin/sh
+exec $(command -v runc) --root $WORK/runc-state "\$@"
+EOF
+chmod 755 "$WORK/bin/runc"
+
+# The plugin, found as "podnet" in cni_plugin_dirs.
+if [[ ${PODNET_CNI_TRACE:-0} == 1 ]]; then
+    cat >"$WORK/cni-bin/podnet" <<EOF
+#!/bin/bash
+# Logging shim: records each CNI call, then answers with the real plugin's output.
+in=\$(cat)
+out=\$(printf '%s' "\$in" | "$PODNET_BIN" 2>"$WORK/cni-stderr.\$\$"); rc=\$?
+{ echo "=== \$(date +%T.%N) CNI_COMMAND=\$CNI_COMMAND CNI_CONTAINERID=\$CNI_CONTAINERID CNI_IFNAME=\$CNI_IFNAME CNI_NETNS=\$CNI_NETNS CNI_ARGS=\$CNI_ARGS exit=\$rc"
+  echo "--- stdin:  \$in"; echo "--- stdout: \$out"; echo "--- stderr: \$(cat "$WORK/cni-stderr.\$\$")"
+} >>"$WORK/cni-trace.log"
+rm -f "$WORK/cni-stderr.\$\$"
+[ -z "\$out" ] || printf '%s\n' "\$out"
+exit \$rc
+EOF
+    chmod 755 "$WORK/cni-bin/podnet"
+else
+    ln -s "$PODNET_BIN" "$WORK/cni-bin/podnet"
+fi
+
+cat >"$WORK/net.d/$NET.conflist" <<EOF
+{
+  "cniVersion": "$CNI_VERSION",
+  "name": "$NET",
+  "plugins": [
+    {
+      "type": "podnet",
+      "bridge": "$BRIDGE",
+      "ipam": {
+        "ranges": [[{"subnet": "$SUBNET"}]],
+        "dataDir": "$WORK/ipam"
+      }
+    }
+  ]
+}
+EOF
+
+# runtime "runc": crun refuses this machine's hybrid cgroup setup.
+cat >"$WORK/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["$WORK/cni-bin", "/usr/lib/cni"]
+network_config_dir = "$WORK/net.d"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$WORK/tmp/events.log"
+lock_type = "file"
+tmp_dir = "$WORK/tmp"
+image_copy_tmp_dir = "$WORK/tmp"
+static_dir = "$WORK/storage/libpod"
+volume_path = "$WORK/storage/volumes"
+
+[engine.runtimes]
+runc = ["$WORK/bin/runc"]
+EOF
+
+cat >"$WORK/storage.conf" <<EOF
+[storage]
+driver = "vfs"
+graphroot = "$WORK/storage"
+runroot = "$WORK/run"
+EOF
+
+cat >"$WORK/registries.conf" <<'EOF'
+unqualified-search-registries = []
+EOF
+
+# Every podman command: inside our namespace, with only our configuration.
+cat >"$WORK/podman.sh" <<EOF
+#!/bin/sh
+exec timeout -k 10 $PODMAN_TIMEOUT nsenter --net=/run/netns/$NS -- \\
+  env CONTAINERS_CONF=$WORK/containers.conf \\
+      CONTAINERS_STORAGE_CONF=$WORK/storage.conf \\
+      CONTAINERS_REGISTRIES_CONF=$WORK/registries.conf \\
+      TMPDIR=$WORK/tmp \\
+  podman --root $WORK/storage --runroot $WORK/run --tmpdir $WORK/tmp \\
+      --storage-driver vfs --cgroup-manager cgroupfs --events-backend file \\
+      --runtime runc --network-config-dir $WORK/net.d "\$@"
+EOF
+chmod 755 "$WORK/podman.sh"
+
+# ---------------------------------------------------------------------------- image
+say "building image $IMAGE from /bin/busybox"
+R=$WORK/rootfs
+mkdir -p "$R"/{bin,sbin,etc,tmp,proc,sys,dev,run,www,root}
+cp /bin/busybox "$R/bin/busybox"
+for a in sh cat echo ls mkdir sleep hostname ip ping nc wget httpd timeout true false ps; do
+    ln -s busybox "$R/bin/$a"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$R/etc/passwd"
+printf 'root:x:0:\n' >"$R/etc/group"
+tar -C "$R" --numeric-owner -cf "$WORK/rootfs.tar" .
+err=$(unshare --mount --propagation private -- sh -c \
+    'mount -t tmpfs -o size=16m,mode=755 pn-podman-import /var/lib && exec "$@"' sh \
+    "$WORK/podman.sh" import --quiet "$WORK/rootfs.tar" "$IMAGE" 2>&1 >/dev/null) ||
+    die "podman import failed: $err"
+
+nets=$(pm network ls --format '{{.Name}}' 2>"$WORK/net.err") ||
+    die "podman network ls failed: $(cat "$WORK/net.err")"
+grep -qx "$NET" <<<"$nets" ||
+    die "podman does not list the network '$NET' of $WORK/net.d: $(cat "$WORK/net.err")"
+
+# ---------------------------------------------------------------------------- containers
+# Each serves one line naming itself (plus a per-run nonce) on :8080.
+NONCE=$$-$RANDOM
+serve() { echo "echo 'podnet-$1 $NONCE' >/www/index.html && exec httpd -f -p 8080 -h /www"; }
+
+start() { # start NAME -> sets CID, IP
+    local name=$1
+    say "starting container $name on network $NET"
+    CID=$(pm run -d --name "$name" --network "$NET" --cgroup-parent "$CGROUP_PARENT" \
+        "$IMAGE" sh -c "$(serve "$name")" 2>"$WORK/run.err") ||
+        die "podman run $name failed: $(cat "$WORK/run.err")"
+    IP=$(pm inspect --format "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$name") ||
+        die "podman inspect $name failed"
+    [[ $IP == "$SUBNET_PREFIX"* ]] || die "container $name got IP '$IP', not one in $SUBNET from podnet"
+    say "container $name: id ${CID:0:12}, IP $IP"
+}
+start pn-a
+CID_A=$CID IP_A=$IP
+start pn-b
+CID_B=$CID IP_B=$IP
+[[ $IP_A != "$IP_B" ]] || die "both containers got $IP_A"
+
+# The plugin's bridge (and the host ends of the veths) are in our namespace.
+br=$(ip -n "$NS" -br -4 addr show "$BRIDGE" 2>/dev/null) || die "bridge $BRIDGE missing in netns $NS"
+say "bridge in $NS: $(echo $br)"
+
+# The container's own view of its interface.
+addr_a=$(pm exec pn-a ip -4 -o addr show eth0) || die "'ip addr' in pn-a failed"
+[[ $addr_a == *" $IP_A/24 "* ]] || die "pn-a's eth0 does not carry $IP_A/24: $addr_a"
+
+# ---------------------------------------------------------------------------- traffic
+fetch() { # fetch FROM TO_NAME TO_IP
+    local from=$1 to=$2 ip=$3 want="podnet-$2 $NONCE" got= i
+    for i in $(seq 1 20); do
+        got=$(pm exec "$from" timeout 3 wget -q -O - "http://$ip:8080/" 2>&1) && break
+        sleep 0.5
+    done
+    [[ $got == "$want" ]] || die "$from -> $to (http://$ip:8080/): expected '$want', got '$got'"
+    say "$from -> $to (http://$ip:8080/): '$got'"
+}
+fetch pn-b pn-a "$IP_A"
+fetch pn-a pn-b "$IP_B"
+
+# ---------------------------------------------------------------------------- IPAM
+TABLE=$WORK/ipam/$NET/allocations.json
+[[ -f $TABLE ]] || die "podnet's IPAM table $TABLE does not exist"
+entries() { # the table's "entries" object, on one line (no jq on CI machines)
+    tr -d ' \n\t' <"$TABLE" | grep -o '"entries":{[^{}]*\({[^{}]*}[^{}]*\)*}' ||
+        { echo "no \"entries\" object in $TABLE: $(cat "$TABLE")"; return 1; }
+}
+e=$(entries) || die "$e"
+for pair in "$IP_A=$CID_A" "$IP_B=$CID_B"; do
+    ip=${pair%%=*} cid=${pair#*=}
+    [[ $e == *"\"$ip\":{\"containerID\":\"$cid\""* ]] ||
+        die "IPAM table does not record $ip for container ${cid:0:12}: $e"
+done
+say "IPAM table holds $IP_A and $IP_B"
+
+say "removing both containers (podman rm -f)"
+err=$(pm rm -f -t 0 pn-a pn-b 2>&1 >/dev/null) || die "podman rm -f failed: $err"
+e=$(entries) || die "$e"
+for x in "$IP_A" "$IP_B" "$CID_A" "$CID_B"; do
+    [[ $e != *"\"$x\""* ]] || die "after podman rm, the IPAM table still holds $x: $e"
+done
+say "IPAM table released both addresses: $e"
+left=$(ip -n "$NS" -o link show type veth 2>&1) || die "ip link in $NS failed: $left"
+[[ -z $left ]] || die "host-side veths left in $NS after podman rm: $left"
+say "no veths left in $NS"
+
+show_trace
+echo "$TEST: 1 passed, 0 failed"
