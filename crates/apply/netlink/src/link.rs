@@ -80,22 +80,18 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
-            format!("get link {name}")
-        }) {
-            Ok(replies) => Ok(first_link(&replies)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(msg, || format!("get link {name}"))
     }
 
     /// The link with index `index`, or `None`.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
-            format!("get link #{index}")
-        }) {
+        self.get_link(msg, || format!("get link #{index}"))
+    }
+
+    fn get_link(&mut self, msg: LinkMessage, op: impl Fn() -> String) -> Result<Option<Link>> {
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0, op) {
             Ok(replies) => Ok(first_link(&replies)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),

@@ -37,14 +37,12 @@ fn main() {
     for i in 0..rounds + warmup {
         let (pp, pr) = (node.pod(&format!("p{i}")), node.pod(&format!("r{i}")));
         let id = format!("bench{i}");
-        let ref_env = |cmd: &'static str, ns: &std::path::Path| {
-            let mut e = attach_env(cmd, &id, ns)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>();
-            e.retain(|(k, _)| k != "CNI_PATH");
-            e.push(("CNI_PATH".into(), "/usr/lib/cni".into()));
-            e
+        // The reference finds host-local through CNI_PATH.
+        let reference = |cmd: &str, ns: &std::path::Path| {
+            let mut env = attach_env(cmd, &id, ns);
+            env.retain(|(k, _)| *k != "CNI_PATH");
+            env.push(("CNI_PATH", "/usr/lib/cni"));
+            exec_in(&node.node, REFERENCE_BRIDGE, &env, &ref_conf)
         };
         let timed = |f: &dyn Fn() -> Outcome| {
             let start = Instant::now();
@@ -54,29 +52,9 @@ fn main() {
             took
         };
         let pa = timed(&|| node.add(&podnet_conf, &id, &pp));
-        let ra = timed(&|| {
-            let env = ref_env("ADD", &pr);
-            exec_in(
-                &node.node,
-                REFERENCE_BRIDGE,
-                &env.iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect::<Vec<_>>(),
-                &ref_conf,
-            )
-        });
+        let ra = timed(&|| reference("ADD", &pr));
         let pd = timed(&|| node.del(&podnet_conf, &id, &pp));
-        let rd = timed(&|| {
-            let env = ref_env("DEL", &pr);
-            exec_in(
-                &node.node,
-                REFERENCE_BRIDGE,
-                &env.iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect::<Vec<_>>(),
-                &ref_conf,
-            )
-        });
+        let rd = timed(&|| reference("DEL", &pr));
         if i >= warmup {
             for (v, d) in t.iter_mut().zip([pa, pd, ra, rd]) {
                 v.push(d);

@@ -13,7 +13,7 @@
 //! code 7; a field podnet knows but will not honour (`ipMasq`, a foreign `ipam.type`) is
 //! code 2. Unknown fields are ignored, as runtimes add their own.
 
-use crate::env::{Command, Environment, validate_ifname};
+use crate::env::{Command, Environment, is_cni_name, validate_ifname};
 use crate::error::{CniError, ErrorCode};
 use crate::result::{CniResult, Dns};
 use crate::version::CniVersion;
@@ -298,14 +298,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], CniError> {
 /// Spec: starts alphanumeric, then alphanumerics, `_`, `.`, `-`. It also names the IPAM
 /// directory, so this check keeps paths inside the data dir.
 fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if is_cni_name(name) {
         Ok(())
     } else {
         Err(CniError::invalid_config(format!(

@@ -165,13 +165,16 @@ impl Environment {
     }
 }
 
-/// Spec: the container ID must not be empty and consists of alphanumerics, `_`, `.`, `-`.
+/// The spec's rule for container IDs and network names: an alphanumeric first, then
+/// alphanumerics, `_`, `.`, `-`.
+pub fn is_cni_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if is_cni_name(id) {
         Ok(())
     } else {
         Err(CniError::invalid_env(format!(
