@@ -92,6 +92,12 @@ impl Store {
         })
     }
 
+    /// Runs `f` on the table under the lock and saves it if `f` returns `true` (changed).
+    pub fn update(&self, f: impl FnOnce(&mut Allocations) -> bool) -> Result<()> {
+        let mut tx = self.lock()?;
+        if f(&mut tx.table) { tx.save() } else { Ok(()) }
+    }
+
     /// Reads the table without writing (takes the lock for a consistent view).
     pub fn read(&self) -> Result<Allocations> {
         Ok(self.lock()?.table)

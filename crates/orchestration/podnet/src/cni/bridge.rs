@@ -88,12 +88,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             if let Err(u) = host.delete_link_by_name(&host_if) {
                 undo.push(u.to_string());
             }
-            if fresh
-                && let Err(u) = store.lock().and_then(|mut tx| {
-                    tx.table.release(&owner);
-                    tx.save()
-                })
-            {
+            if fresh && let Err(u) = store.update(|t| !t.release(&owner).is_empty()) {
                 undo.push(u.to_string());
             }
             Err(if undo.is_empty() {
@@ -329,12 +324,7 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         Err(e) => errors.push(e.to_string()),
     }
     let store = Store::new(&req.conf.data_dir, &req.conf.name);
-    if let Err(e) = store.lock().and_then(|mut tx| {
-        if tx.table.release(&owner).is_empty() {
-            return Ok(());
-        }
-        tx.save()
-    }) {
+    if let Err(e) = store.update(|t| !t.release(&owner).is_empty()) {
         errors.push(e.to_string());
     }
     if errors.is_empty() {
@@ -454,12 +444,7 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         .collect();
     let mut errors = Vec::new();
     let store = Store::new(&req.conf.data_dir, &req.conf.name);
-    if let Err(e) = store.lock().and_then(|mut tx| {
-        if tx.table.retain_valid(&valid).is_empty() {
-            return Ok(());
-        }
-        tx.save()
-    }) {
+    if let Err(e) = store.update(|t| !t.retain_valid(&valid).is_empty()) {
         errors.push(e.to_string());
     }
     match Netlink::open() {
