@@ -101,11 +101,7 @@ impl AttachArgs {
         let args = self
             .args
             .iter()
-            .map(|a| {
-                a.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .context("--arg wants KEY=VALUE")
-            })
+            .map(|a| split_pair(a, '=', "--arg wants KEY=VALUE"))
             .collect::<Result<Vec<_>>>()?;
         let capability_args = match &self.capability_args {
             Some(s) => serde_json::from_str(s).context("--capability-args is not a JSON object")?,
@@ -143,11 +139,7 @@ pub fn run() -> Result<()> {
                 let (rt, list) = rt.build()?;
                 let valid = valid
                     .iter()
-                    .map(|v| {
-                        v.split_once('/')
-                            .map(|(c, i)| (c.to_string(), i.to_string()))
-                            .context("--valid wants ID/IFNAME")
-                    })
+                    .map(|v| split_pair(v, '/', "--valid wants ID/IFNAME"))
                     .collect::<Result<Vec<_>>>()?;
                 rt.gc(&list, &valid)
             }
@@ -157,4 +149,11 @@ pub fn run() -> Result<()> {
             }
         },
     }
+}
+
+/// `"a<sep>b"` → `("a", "b")`, or an error saying what was wanted.
+fn split_pair(s: &str, sep: char, wanted: &'static str) -> Result<(String, String)> {
+    s.split_once(sep)
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .context(wanted)
 }

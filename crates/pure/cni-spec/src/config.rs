@@ -112,11 +112,13 @@ pub fn version_for_errors(stdin: &[u8]) -> CniVersion {
 
 /// Reads only the version (all `VERSION` needs).
 pub fn parse_version(stdin: &[u8]) -> Result<CniVersion, CniError> {
-    let value = parse_json(stdin)?;
-    let value = select_plugin(value)?;
-    let raw: RawConf = serde_json::from_value(value)
-        .map_err(|e| CniError::invalid_config(format!("network configuration: {e}")))?;
-    pick_version(&raw)
+    pick_version(&parse_raw(stdin)?)
+}
+
+/// stdin → the podnet entry's raw fields: syntax errors are code 6, shape errors code 7.
+fn parse_raw(stdin: &[u8]) -> Result<RawConf, CniError> {
+    serde_json::from_value(select_plugin(parse_json(stdin)?)?)
+        .map_err(|e| CniError::invalid_config(format!("network configuration: {e}")))
 }
 
 fn parse_json(stdin: &[u8]) -> Result<Value, CniError> {
@@ -175,9 +177,7 @@ fn pick_version(raw: &RawConf) -> Result<CniVersion, CniError> {
 impl NetConf {
     /// Parses and validates stdin.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let value = select_plugin(parse_json(stdin)?)?;
-        let raw: RawConf = serde_json::from_value(value)
-            .map_err(|e| CniError::invalid_config(format!("network configuration: {e}")))?;
+        let raw = parse_raw(stdin)?;
         let version = pick_version(&raw)?;
         let name = raw
             .name
