@@ -1,6 +1,6 @@
 //! Apply: interface addresses.
 
-use crate::{Netlink, Result};
+use crate::{Netlink, Op, Result};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{
@@ -21,23 +21,7 @@ impl Netlink {
     /// address detection (`nodad`): the address comes from IPAM and is unique by
     /// construction, and DAD would hold it "tentative" (unusable) for about a second.
     pub fn add_address(&mut self, index: u32, net: IpNet) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(net.addr());
-        msg.header.prefix_len = net.prefix_len();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(net.addr()));
-        msg.attributes.push(AddressAttribute::Address(net.addr()));
-        if net.addr().is_ipv6() {
-            msg.header.flags = AddressHeaderFlags::Nodad;
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        self.request(
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            || format!("add address {net} to link #{index}"),
-        )
-        .map(drop)
+        self.run(Op::add_address(index, net))
     }
 
     /// Every address, optionally only those of link `index`.
@@ -80,6 +64,28 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+}
+
+impl Op {
+    /// Adds `net` to link `index` (IPv6 without DAD, see [`Netlink::add_address`]).
+    pub fn add_address(index: u32, net: IpNet) -> Op {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(net.addr());
+        msg.header.prefix_len = net.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(net.addr()));
+        msg.attributes.push(AddressAttribute::Address(net.addr()));
+        if net.addr().is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        Op::new(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add address {net} to link #{index}"),
+        )
     }
 }
 

@@ -104,30 +104,74 @@ impl Netlink {
         flags: u16,
         op: impl Fn() -> String,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
+        let mut results = self.transact(vec![(msg, flags)], &|_| op())?;
+        results.pop().expect("one result per request")
+    }
+
+    /// Sends several requests in one `sendmsg` and waits for all their answers. The kernel
+    /// runs them in order, as if sent one by one, but the round trips are paid once — the
+    /// CNI plugin's pod-side setup is a single batch. Each operation gets its own result;
+    /// an `Err` here is a socket failure.
+    pub fn batch(&mut self, ops: Vec<Op>) -> Result<Vec<Result<()>>> {
+        let names: Vec<String> = ops.iter().map(|o| o.what.clone()).collect();
+        let results = self.transact(ops.into_iter().map(|o| (o.msg, o.flags)).collect(), &|i| {
+            names[i].clone()
+        })?;
+        Ok(results.into_iter().map(|r| r.map(drop)).collect())
+    }
+
+    /// Runs one [`Op`].
+    pub fn run(&mut self, op: Op) -> Result<()> {
+        let what = op.what;
+        self.request(op.msg, op.flags, || what.clone()).map(drop)
+    }
+
+    /// The engine under [`Netlink::request`] and [`Netlink::batch`]: one buffer with
+    /// consecutive sequence numbers, then replies sorted by sequence number until each
+    /// request has its ACK, error, or end of dump.
+    #[allow(clippy::type_complexity)]
+    fn transact(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        op: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<Result<Vec<RouteNetlinkMessage>>>> {
+        let first = self.seq.wrapping_add(1);
+        let mut buf = Vec::new();
+        let mut dump = Vec::with_capacity(msgs.len());
+        for (msg, flags) in msgs {
+            self.seq = self.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            header.sequence_number = self.seq;
+            let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+            nl.finalize();
+            let at = buf.len();
+            buf.resize(at + nl.buffer_len(), 0);
+            nl.serialize(&mut buf[at..]);
+            dump.push(flags & NLM_F_DUMP == NLM_F_DUMP);
+        }
+        let n = dump.len();
+        let index_of = |seq: u32| {
+            let i = seq.wrapping_sub(first) as usize;
+            (i < n).then_some(i)
+        };
         self.socket
             .send(&buf, 0)
-            .map_err(|e| Error::from_io(op(), e))?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        loop {
+            .map_err(|e| Error::from_io(op(0), e))?;
+        let mut out: Vec<Result<Vec<RouteNetlinkMessage>>> =
+            (0..n).map(|_| Ok(Vec::new())).collect();
+        let mut done = vec![false; n];
+        let mut pending = n;
+        while pending > 0 {
             self.rbuf.clear();
-            let n = self
+            let got = self
                 .socket
                 .recv(&mut self.rbuf, 0)
-                .map_err(|e| Error::from_io(op(), e))?;
-            if n > self.rbuf.len() {
+                .map_err(|e| Error::from_io(op(0), e))?;
+            if got > self.rbuf.len() {
                 return Err(Error::Decode {
-                    op: op(),
-                    msg: format!("reply of {n} bytes truncated"),
+                    op: op(0),
+                    msg: format!("reply of {got} bytes truncated"),
                 });
             }
             let mut offset = 0;
@@ -135,36 +179,69 @@ impl Netlink {
                 let reply =
                     NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.rbuf[offset..])
                         .map_err(|e| Error::Decode {
-                            op: op(),
+                            op: op(0),
                             msg: e.to_string(),
                         })?;
                 let len = reply.header.length as usize;
                 if len == 0 {
                     return Err(Error::Decode {
-                        op: op(),
+                        op: op(0),
                         msg: "zero-length message".into(),
                     });
                 }
                 offset += (len + 3) & !3;
-                if reply.header.sequence_number != seq {
+                let Some(i) = index_of(reply.header.sequence_number) else {
+                    continue;
+                };
+                if done[i] {
                     continue;
                 }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    NetlinkPayload::Done(_) => return Ok(out),
+                let finish = match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => {
+                        if let Ok(v) = &mut out[i] {
+                            v.push(m);
+                        }
+                        false
+                    }
+                    NetlinkPayload::Done(_) => true,
                     NetlinkPayload::Error(e) => match e.code {
-                        None if !dump => return Ok(out),
-                        None => {}
+                        None => !dump[i],
                         Some(code) => {
-                            return Err(Error::from_io(
-                                op(),
+                            out[i] = Err(Error::from_io(
+                                op(i),
                                 io::Error::from_raw_os_error(-code.get()),
                             ));
+                            true
                         }
                     },
-                    _ => {}
+                    _ => false,
+                };
+                if finish {
+                    done[i] = true;
+                    pending -= 1;
                 }
             }
         }
+        Ok(out)
+    }
+}
+
+/// One kernel write, built but not yet sent: run it alone with [`Netlink::run`] or with
+/// others in one round trip with [`Netlink::batch`].
+#[derive(Debug, Clone)]
+pub struct Op {
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    what: String,
+}
+
+impl Op {
+    pub(crate) fn new(msg: RouteNetlinkMessage, flags: u16, what: String) -> Op {
+        Op { msg, flags, what }
+    }
+
+    /// What the operation does, as errors name it.
+    pub fn what(&self) -> &str {
+        &self.what
     }
 }

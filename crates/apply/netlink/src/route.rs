@@ -1,7 +1,7 @@
 //! Apply: routes in the main table.
 
 use crate::addr::family;
-use crate::{Netlink, Result};
+use crate::{Netlink, Op, Result};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::route::{
@@ -54,15 +54,21 @@ impl RouteSpec {
     }
 }
 
+impl Op {
+    /// Adds `route`; `Exists` if one for the same destination is there.
+    pub fn add_route(route: &RouteSpec) -> Op {
+        Op::new(
+            RouteNetlinkMessage::NewRoute(route.to_message()),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add route {} via {:?}", route.dst, route.gateway),
+        )
+    }
+}
+
 impl Netlink {
     /// Adds a route; `Exists` if one for the same destination is there.
     pub fn add_route(&mut self, route: &RouteSpec) -> Result<()> {
-        self.request(
-            RouteNetlinkMessage::NewRoute(route.to_message()),
-            NLM_F_CREATE | NLM_F_EXCL,
-            || format!("add route {} via {:?}", route.dst, route.gateway),
-        )
-        .map(drop)
+        self.run(Op::add_route(route))
     }
 
     /// Deletes a route; `NotFound` if it is not there.

@@ -34,6 +34,9 @@ fn main() {
     );
     let warmup = 3;
     let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()]; // podnet add/del, ref add/del
+    // What exec alone costs: podnet answering VERSION, spawned the same way.
+    let mut floor = Vec::new();
+    let version = r#"{"cniVersion": "1.0.0"}"#;
     for i in 0..rounds + warmup {
         let (pp, pr) = (node.pod(&format!("p{i}")), node.pod(&format!("r{i}")));
         let id = format!("bench{i}");
@@ -51,6 +54,7 @@ fn main() {
             out.ok();
             took
         };
+        let fl = timed(&|| exec_in(&node.node, PODNET, &[("CNI_COMMAND", "VERSION")], version));
         let pa = timed(&|| node.add(&podnet_conf, &id, &pp));
         let ra = timed(&|| reference("ADD", &pr));
         let pd = timed(&|| node.del(&podnet_conf, &id, &pp));
@@ -59,6 +63,7 @@ fn main() {
             for (v, d) in t.iter_mut().zip([pa, pd, ra, rd]) {
                 v.push(d);
             }
+            floor.push(fl);
         }
         node.remove_pod(&pp);
         node.remove_pod(&pr);
@@ -87,5 +92,12 @@ fn main() {
             ms(p.0) / ms(r.0)
         );
     }
+    let fl = stats(&mut floor);
+    println!(
+        "{:<8} {:>11.2} ms {:>11.2} ms   (podnet VERSION: the cost of exec alone)",
+        "exec",
+        ms(fl.0),
+        ms(fl.1)
+    );
     println!("(ratio = podnet p50 / reference bridge+host-local p50; target <= 0.25x)");
 }

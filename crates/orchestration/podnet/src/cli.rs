@@ -25,6 +25,9 @@ enum Cmd {
     },
     /// Show pod networking on one node: two pods wired by the plugin, talking over TCP.
     Demo,
+    /// Internal: delete a veth pair the CNI plugin's DEL retired (run detached by DEL).
+    #[command(hide = true)]
+    ReapLink { name: String },
 }
 
 #[derive(Args)]
@@ -120,6 +123,7 @@ impl AttachArgs {
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo => crate::demo::run(),
+        Cmd::ReapLink { name } => crate::cni::bridge::reap(&name),
         Cmd::Cni { verb } => match *verb {
             CniVerb::Add(a) => {
                 let (rt, list) = a.rt.build()?;

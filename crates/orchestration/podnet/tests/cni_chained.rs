@@ -131,6 +131,7 @@ fn reference_plugins_chain_after_podnet() {
     cli(&node, "del", &conflist, &pod, caps);
     assert!(node.allocations().is_empty());
     assert!(node.host_veths().is_empty());
+    node.wait_reaped();
     let rules = in_node(&node, &["iptables-save"]);
     assert!(
         !rules.contains("10.99.5.2"),

@@ -77,6 +77,58 @@ fn add_then_tcp_between_pods_then_check_then_del() {
     let mut pod_nl =
         podnet_netlink::Netlink::open_in(podnet_netlink::netns::open(&pa).unwrap()).unwrap();
     assert!(pod_nl.link_by_name("eth0").unwrap().is_none());
+    // The retired pairs are deleted in the background, soon.
+    node.wait_reaped();
+    assert!(pod_nl.links().unwrap().iter().all(|l| l.name == "lo"));
+}
+
+#[test]
+fn del_frees_the_names_at_once_and_gc_deletes_pairs_a_reaper_left() {
+    let mut node = Node::new();
+    let conf = node.v4_conf();
+    let pa = node.pod("a");
+    // DEL then an immediate ADD of the same attachment in the same namespace: DEL has
+    // already renamed both ends, so nothing collides with the pair still being reaped.
+    let first = node.add(&conf, "ctr-a", &pa).first_ip().to_string();
+    node.del(&conf, "ctr-a", &pa).ok();
+    let again = node.add(&conf, "ctr-a", &pa);
+    assert_ne!(again.first_ip().to_string(), first, "round robin");
+    let pb = node.pod("b");
+    let server = serve_once(&pa, again.first_ip(), 7100);
+    node.add(&conf, "ctr-b", &pb);
+    let reply = connect_from(&pb, again.first_ip(), 7100).unwrap();
+    assert!(reply.starts_with("peer="), "{reply}");
+    server.join().unwrap();
+    node.del(&conf, "ctr-a", &pa).ok();
+    node.del(&conf, "ctr-b", &pb).ok();
+    node.wait_reaped();
+    assert!(node.host_veths().is_empty());
+
+    // A pair whose reaper died (made by hand here, with a retired name): GC deletes it.
+    let tomb = podnet_cni_spec::naming::tombstone_name(&podnet_cni_spec::naming::host_veth_name(
+        "dead", "eth0",
+    ));
+    let pc = node.pod("c");
+    node.netlink()
+        .create_veth(&podnet_netlink::VethSpec {
+            name: &tomb,
+            peer_name: "eth9",
+            peer_netns: podnet_netlink::netns::open(&pc).unwrap(),
+            mtu: None,
+            peer_mac: None,
+            master: None,
+            up: false,
+        })
+        .unwrap();
+    assert_eq!(node.retired_veths(), vec![tomb]);
+    let mut gc: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+    node.plugin(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &gc.to_string(),
+    )
+    .ok();
+    assert!(node.retired_veths().is_empty());
 }
 
 fn with_prev(conf: &str, result: &serde_json::Value) -> String {
@@ -187,6 +239,7 @@ fn hundred_concurrent_adds_get_distinct_addresses_and_del_frees_all() {
     });
     assert!(node.allocations().is_empty());
     assert!(node.host_veths().is_empty());
+    node.wait_reaped();
 }
 
 #[test]

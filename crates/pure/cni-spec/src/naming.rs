@@ -14,6 +14,19 @@ pub fn is_host_veth_name(name: &str) -> bool {
     name.len() == 14 && name.starts_with("pn") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The name a host veth takes when DEL retires it: `pnz` + the same 12 hex digits (15
+/// bytes). Both ends are renamed at once, so the attachment's names are free again the
+/// moment DEL returns, while the kernel's slow part of deleting the pair runs in the
+/// background (see the CNI bridge module).
+pub fn tombstone_name(host_veth: &str) -> String {
+    format!("pnz{}", host_veth.get(2..).unwrap_or_default())
+}
+
+/// Is `name` shaped like a retired veth ([`tombstone_name`])?
+pub fn is_tombstone_name(name: &str) -> bool {
+    name.len() == 15 && name.starts_with("pnz") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A stable, locally administered unicast MAC for a bridge. Setting the bridge's MAC
 /// explicitly stops the kernel from re-deriving it from the lowest port MAC whenever a
 /// port comes or goes — which would silently invalidate every pod's ARP entry for the
@@ -50,6 +63,12 @@ mod tests {
         assert!(is_host_veth_name(&a));
         assert!(!is_host_veth_name("podnet0"));
         assert_eq!(host_veth_name("", "").len(), 14);
+        let t = tombstone_name(&a);
+        assert_eq!(t.len(), 15);
+        assert!(is_tombstone_name(&t));
+        assert!(!is_host_veth_name(&t));
+        assert!(!is_tombstone_name(&a));
+        assert_eq!(&t[3..], &a[2..]);
     }
 
     #[test]

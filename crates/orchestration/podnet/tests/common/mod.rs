@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use podnet_cni_spec::naming::{is_host_veth_name, is_tombstone_name};
 use podnet_netlink::{Netlink, netns};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -107,14 +108,40 @@ impl Node {
     }
 
     /// Host veths podnet made on the node.
+    /// Host veths of live attachments.
     pub fn host_veths(&self) -> Vec<String> {
+        self.veths_named(is_host_veth_name)
+    }
+
+    /// Veth pairs DEL retired and the reaper has not deleted yet.
+    pub fn retired_veths(&self) -> Vec<String> {
+        self.veths_named(is_tombstone_name)
+    }
+
+    fn veths_named(&self, f: fn(&str) -> bool) -> Vec<String> {
         self.netlink()
             .links()
             .unwrap()
             .into_iter()
-            .filter(|l| l.name.starts_with("pn") && l.kind.as_deref() == Some("veth"))
+            .filter(|l| f(&l.name) && l.kind.as_deref() == Some("veth"))
             .map(|l| l.name)
             .collect()
+    }
+
+    /// Waits (up to 5 s) until DEL's detached reapers have deleted every retired pair.
+    pub fn wait_reaped(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.retired_veths();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retired veths not reaped: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn remove_pod(&mut self, ns: &Path) {
