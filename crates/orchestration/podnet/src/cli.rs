@@ -1,6 +1,6 @@
 //! Orchestration: the command line (everything except the CNI plugin role).
 
-use crate::cni::runtime::{Attachment, ConfList, Runtime};
+use podnet_kubelet::cni::{Attachment, ConfList, Runtime};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

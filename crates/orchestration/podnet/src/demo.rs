@@ -3,7 +3,7 @@
 //! executed exactly as a runtime executes it; everything is removed at the end, also on
 //! failure.
 
-use crate::cni::runtime::{Attachment, ConfList, Runtime};
+use podnet_kubelet::cni::{Attachment, ConfList, Runtime};
 use anyhow::{Context, Result, bail};
 use podnet_netlink::netns;
 use std::io::{Read, Write};

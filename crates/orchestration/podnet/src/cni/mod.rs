@@ -3,4 +3,4 @@
 
 pub mod bridge;
 pub mod plugin;
-pub mod runtime;
+
