@@ -87,6 +87,21 @@ impl Op {
             format!("add address {net} to link #{index}"),
         )
     }
+
+    /// Removes `net` from link `index`; `NotFound` if it is not there.
+    pub fn delete_address(index: u32, net: IpNet) -> Op {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(net.addr());
+        msg.header.prefix_len = net.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(net.addr()));
+        msg.attributes.push(AddressAttribute::Address(net.addr()));
+        Op::new(
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+            format!("delete address {net} from link #{index}"),
+        )
+    }
 }
 
 pub(crate) fn family(ip: IpAddr) -> AddressFamily {

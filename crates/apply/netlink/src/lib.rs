@@ -13,12 +13,17 @@
 
 mod addr;
 mod link;
+mod neigh;
 pub mod netns;
 mod route;
+mod vxlan;
 
 pub use addr::Address;
+pub use link::format_mac;
 pub use link::{Link, VethSpec};
+pub use neigh::{FdbEntry, Neighbour};
 pub use route::RouteSpec;
+pub use vxlan::{VxlanLink, VxlanSpec};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,

@@ -31,7 +31,7 @@ impl Link {
         self.mac.map(format_mac)
     }
 
-    fn from_message(m: &LinkMessage) -> Link {
+    pub(crate) fn from_message(m: &LinkMessage) -> Link {
         let mut link = Link {
             index: m.header.index,
             name: String::new(),

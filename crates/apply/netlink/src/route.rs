@@ -3,7 +3,7 @@
 use crate::addr::family;
 use crate::{Netlink, Op, Result};
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
@@ -23,11 +23,15 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     fn to_message(&self) -> RouteMessage {
+        self.to_message_with(RouteProtocol::Boot)
+    }
+
+    fn to_message_with(&self, protocol: RouteProtocol) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family(self.dst.addr());
         msg.header.destination_prefix_length = self.dst.prefix_len();
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.protocol = protocol;
         msg.header.kind = RouteType::Unicast;
         msg.header.scope = if self.gateway.is_some() {
             RouteScope::Universe
@@ -63,6 +67,29 @@ impl Op {
             format!("add route {} via {:?}", route.dst, route.gateway),
         )
     }
+
+    /// Creates or replaces the route to `route.dst` (`ip route replace … proto PROTOCOL`),
+    /// tagged with `protocol` so its owner can recognise it later.
+    pub fn replace_route(route: &RouteSpec, protocol: u8) -> Op {
+        Op::new(
+            RouteNetlinkMessage::NewRoute(route.to_message_with(RouteProtocol::from(protocol))),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!(
+                "replace route {} via {:?} proto {protocol}",
+                route.dst, route.gateway
+            ),
+        )
+    }
+
+    /// Deletes the route to `route.dst` only if it carries `protocol` (the kernel matches
+    /// a non-zero protocol on delete); `NotFound` otherwise.
+    pub fn delete_route_with_protocol(route: &RouteSpec, protocol: u8) -> Op {
+        Op::new(
+            RouteNetlinkMessage::DelRoute(route.to_message_with(RouteProtocol::from(protocol))),
+            0,
+            format!("delete route {} proto {protocol}", route.dst),
+        )
+    }
 }
 
 impl Netlink {
@@ -81,6 +108,15 @@ impl Netlink {
 
     /// Unicast routes of the main table, IPv4 and IPv6.
     pub fn routes(&mut self) -> Result<Vec<RouteSpec>> {
+        self.dump_routes(None)
+    }
+
+    /// Unicast routes of the main table that carry route protocol `protocol`.
+    pub fn routes_with_protocol(&mut self, protocol: u8) -> Result<Vec<RouteSpec>> {
+        self.dump_routes(Some(RouteProtocol::from(protocol)))
+    }
+
+    fn dump_routes(&mut self, protocol: Option<RouteProtocol>) -> Result<Vec<RouteSpec>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessage::default();
@@ -94,6 +130,7 @@ impl Netlink {
                 };
                 if m.header.table != RouteHeader::RT_TABLE_MAIN
                     || m.header.kind != RouteType::Unicast
+                    || protocol.is_some_and(|p| p != m.header.protocol)
                 {
                     continue;
                 }

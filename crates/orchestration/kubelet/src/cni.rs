@@ -111,14 +111,29 @@ impl Runtime {
     }
 
     /// DEL through the list in reverse order, with the cached result; drops the cache.
+    /// Unlike libcni, a failing plugin does not stop the others (a broken last plugin
+    /// must not leak the first one's address); every error is reported, and the cache is
+    /// kept for a retry when any failed. A plugin whose binary is not installed is
+    /// skipped: it cannot hold anything to release, and failing on it forever would keep
+    /// the rest from being retried to completion.
     pub fn del(&self, list: &ConfList, att: &Attachment) -> Result<()> {
         let path = self.cache_path(list, att);
         let cached: Option<Value> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut errors = Vec::new();
         for plugin in list.plugins.iter().rev() {
+            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+            if self.find_plugin(kind).is_err() {
+                continue;
+            }
             let conf = self.plugin_conf(list, plugin, att, cached.as_ref());
-            self.exec(plugin, "DEL", &conf, att)?;
+            if let Err(e) = self.exec(plugin, "DEL", &conf, att) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if !errors.is_empty() {
+            bail!("DEL: {}", errors.join("; "));
         }
         let _ = std::fs::remove_file(&path);
         Ok(())

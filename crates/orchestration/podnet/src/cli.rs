@@ -1,8 +1,8 @@
 //! Orchestration: the command line (everything except the CNI plugin role).
 
-use podnet_kubelet::cni::{Attachment, ConfList, Runtime};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use podnet_kubelet::cni::{Attachment, ConfList, Runtime};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -25,6 +25,19 @@ enum Cmd {
     },
     /// Show pod networking on one node: two pods wired by the plugin, talking over TCP.
     Demo,
+    /// A whole cluster on this machine, made of network namespaces.
+    Lab {
+        #[command(subcommand)]
+        cmd: crate::lab::LabCmd,
+    },
+    /// The node agent: routes to other nodes' pods (host-gw or VXLAN), masquerade, CNI config.
+    Agent(crate::roles::AgentArgs),
+    /// The lab's control plane: the Kubernetes API subset podnet needs, with controllers.
+    Apiserver(crate::roles::ApiServerArgs),
+    /// The lab's pod runtime for one node (what kubelet and a container runtime do).
+    Kubelet(crate::roles::KubeletArgs),
+    /// The built-in echo workload (configured by environment, as the pod runtime starts it).
+    Echo,
     /// Internal: delete a veth pair the CNI plugin's DEL retired (run detached by DEL).
     #[command(hide = true)]
     ReapLink { name: String },
@@ -124,6 +137,11 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo => crate::demo::run(),
         Cmd::ReapLink { name } => crate::cni::bridge::reap(&name),
+        Cmd::Lab { cmd } => crate::lab::run(cmd),
+        Cmd::Agent(a) => crate::roles::agent(a),
+        Cmd::Apiserver(a) => crate::roles::apiserver(a),
+        Cmd::Kubelet(a) => crate::roles::kubelet(a),
+        Cmd::Echo => podnet_kubelet::echo::run_from_env(),
         Cmd::Cni { verb } => match *verb {
             CniVerb::Add(a) => {
                 let (rt, list) = a.rt.build()?;

@@ -3,8 +3,8 @@
 //! executed exactly as a runtime executes it; everything is removed at the end, also on
 //! failure.
 
-use podnet_kubelet::cni::{Attachment, ConfList, Runtime};
 use anyhow::{Context, Result, bail};
+use podnet_kubelet::cni::{Attachment, ConfList, Runtime};
 use podnet_netlink::netns;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -4,6 +4,8 @@
 mod cli;
 mod cni;
 mod demo;
+mod lab;
+mod roles;
 
 fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {

@@ -3,4 +3,3 @@
 
 pub mod bridge;
 pub mod plugin;
-

@@ -1,0 +1,130 @@
+//! Orchestration: the agent's health and Prometheus metrics, and the http server for
+//! them (`GET /healthz`, `GET /metrics`).
+//!
+//! `/healthz` is 200 only while the last sync succeeded (503 before the first one and
+//! after a failure), like kube-proxy's `/healthz` — a DaemonSet readiness probe then
+//! tells exactly which nodes have a programmed data plane.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The agent's metrics and health flag.
+pub struct Metrics {
+    registry: Registry,
+    pub syncs: Family<Vec<(String, String)>, Counter>,
+    pub sync_duration: Histogram,
+    pub peers: Gauge,
+    pub routes: Gauge,
+    pub kernel_writes: Counter,
+    healthy: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let syncs = Family::<Vec<(String, String)>, Counter>::default();
+        let sync_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let peers = Gauge::default();
+        let routes = Gauge::default();
+        let kernel_writes = Counter::default();
+        registry.register(
+            "podnet_agent_syncs",
+            "Syncs by result (ok, error)",
+            syncs.clone(),
+        );
+        registry.register(
+            "podnet_agent_sync_duration_seconds",
+            "Duration of one sync",
+            sync_duration.clone(),
+        );
+        registry.register("podnet_agent_peers", "Peer nodes programmed", peers.clone());
+        registry.register(
+            "podnet_agent_routes",
+            "Routes podnet holds in the node",
+            routes.clone(),
+        );
+        registry.register(
+            "podnet_agent_kernel_writes",
+            "Netlink writes and nft transactions made",
+            kernel_writes.clone(),
+        );
+        Metrics {
+            registry,
+            syncs,
+            sync_duration,
+            peers,
+            routes,
+            kernel_writes,
+            healthy: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::SeqCst);
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Counts a sync.
+    pub fn record_sync(&self, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.syncs
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+        self.sync_duration.observe(seconds);
+        self.set_healthy(ok);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+}
+
+/// The http routes.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics)
+}
+
+async fn healthz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if m.healthy() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not synced")
+    }
+}
+
+async fn metrics_text(
+    State(m): State<Arc<Metrics>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}

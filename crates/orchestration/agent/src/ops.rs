@@ -1,0 +1,424 @@
+//! Apply (behind capability traits): the node's kernel as the agent sees it — podnet's
+//! routes, VXLAN device, FDB and neighbours (`NodeNetOps`) and its nftables table
+//! (`NftOps`). `Linux*` speak netlink / run `nft`; `Fake*` are stateful models that count
+//! writes, for sync tests without a kernel.
+//!
+//! Invariant: `apply` performs exactly the writes listed in `Changes`, in their order,
+//! never a flush; deletes that find nothing and appends that find the entry are success
+//! (the goal state holds), every other error is collected and reported after the rest
+//! was tried (as netavark's teardown does).
+
+use anyhow::{Context, Result, anyhow};
+use ipnet::{IpNet, Ipv4Net};
+use podnet_netlink::{FdbEntry, Neighbour, Netlink, Op, RouteSpec, VxlanSpec};
+use podnet_nodenet::{
+    Changes, Fdb, KernelState, Neigh, ROUTE_PROTOCOL, Route, VXLAN_DEVICE, VxlanDevice, VxlanState,
+};
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+/// The kernel objects podnet owns on a node.
+pub trait NodeNetOps {
+    /// Reads podnet's routes (by route protocol) and its VXLAN device with its entries.
+    fn read_state(&mut self) -> Result<KernelState>;
+    /// Applies `changes`; returns the number of kernel writes made.
+    fn apply(&mut self, changes: &Changes) -> Result<usize>;
+    /// `net.ipv4.ip_forward = 1` in the node's namespace.
+    fn ensure_forwarding(&mut self) -> Result<()>;
+}
+
+/// The node's nftables table.
+pub trait NftOps {
+    /// Applies an `nft -f` script as one transaction.
+    fn apply_script(&mut self, script: &str) -> Result<()>;
+}
+
+/// [`NodeNetOps`] over rtnetlink, in the namespace the socket was opened in.
+pub struct LinuxNodeNet {
+    nl: Netlink,
+}
+
+impl LinuxNodeNet {
+    /// Opens a netlink socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self> {
+        Ok(LinuxNodeNet {
+            nl: Netlink::open().context("open rtnetlink")?,
+        })
+    }
+
+    fn vxlan_index(&mut self) -> Result<u32> {
+        self.nl
+            .link_by_name(VXLAN_DEVICE)?
+            .map(|l| l.index)
+            .ok_or_else(|| anyhow!("link {VXLAN_DEVICE} is missing"))
+    }
+}
+
+fn route_spec(r: &Route, vxlan: Option<u32>) -> RouteSpec {
+    RouteSpec {
+        dst: IpNet::V4(r.dst),
+        gateway: Some(IpAddr::V4(r.gateway)),
+        oif: if r.onlink { vxlan } else { None },
+        onlink: r.onlink,
+    }
+}
+
+impl NodeNetOps for LinuxNodeNet {
+    fn read_state(&mut self) -> Result<KernelState> {
+        let mut state = KernelState::default();
+        for r in self.nl.routes_with_protocol(ROUTE_PROTOCOL)? {
+            if let (IpNet::V4(dst), Some(IpAddr::V4(gateway))) = (r.dst, r.gateway) {
+                state.routes.insert(Route {
+                    dst,
+                    gateway,
+                    onlink: r.onlink,
+                });
+            }
+        }
+        let Some(v) = self.nl.vxlan_by_name(VXLAN_DEVICE)? else {
+            return Ok(state);
+        };
+        let index = v.link.index;
+        let device = match (v.vni, v.port, v.local, v.learning, v.link.mac, v.link.mtu) {
+            (Some(vni), Some(port), Some(local), Some(false), Some(mac), Some(mtu)) => {
+                Some(VxlanDevice {
+                    name: v.link.name.clone(),
+                    vni,
+                    port,
+                    local,
+                    mac,
+                    mtu,
+                })
+            }
+            _ => None,
+        };
+        let addresses = self
+            .nl
+            .addresses(Some(index))?
+            .into_iter()
+            .filter_map(|a| match a.net {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let fdb = self
+            .nl
+            .fdb_entries(index)?
+            .into_iter()
+            .map(|e| Fdb {
+                mac: e.mac,
+                dst: e.dst,
+            })
+            .collect();
+        let neighbours = self
+            .nl
+            .permanent_neighbours(index)?
+            .into_iter()
+            .map(|n| Neigh {
+                ip: n.ip,
+                mac: n.mac,
+            })
+            .collect();
+        state.vxlan = Some(VxlanState {
+            device,
+            up: v.link.up,
+            addresses,
+            fdb,
+            neighbours,
+        });
+        Ok(state)
+    }
+
+    fn apply(&mut self, c: &Changes) -> Result<usize> {
+        let mut errors: Vec<String> = Vec::new();
+        let mut writes = 0;
+        let mut run = |nl: &mut Netlink, op: Op, ok_exists: bool, errors: &mut Vec<String>| {
+            writes += 1;
+            match nl.run(op) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() || (ok_exists && e.is_exists()) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        };
+        let needs_index = !c.delete_neighbours.is_empty()
+            || !c.delete_fdb.is_empty()
+            || !c.delete_addresses.is_empty();
+        let old = if needs_index {
+            Some(self.vxlan_index()?)
+        } else {
+            None
+        };
+        for r in &c.delete_routes {
+            run(
+                &mut self.nl,
+                Op::delete_route_with_protocol(&route_spec(r, None), ROUTE_PROTOCOL),
+                false,
+                &mut errors,
+            );
+        }
+        if let Some(link) = old {
+            for n in &c.delete_neighbours {
+                let n = Neighbour {
+                    link,
+                    ip: n.ip,
+                    mac: n.mac,
+                };
+                run(&mut self.nl, Op::delete_neighbour(&n), false, &mut errors);
+            }
+            for f in &c.delete_fdb {
+                let e = FdbEntry {
+                    link,
+                    mac: f.mac,
+                    dst: f.dst,
+                };
+                run(&mut self.nl, Op::delete_fdb(&e), false, &mut errors);
+            }
+            for a in &c.delete_addresses {
+                run(
+                    &mut self.nl,
+                    Op::delete_address(link, IpNet::V4(*a)),
+                    false,
+                    &mut errors,
+                );
+            }
+        }
+        if c.delete_vxlan {
+            match self.nl.link_by_name(VXLAN_DEVICE) {
+                Ok(Some(l)) => run(&mut self.nl, Op::delete_link(l.index), false, &mut errors),
+                Ok(None) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if let Some(d) = &c.create_vxlan {
+            let spec = VxlanSpec {
+                name: d.name.clone(),
+                vni: d.vni,
+                port: d.port,
+                local: d.local,
+                learning: false,
+                mac: d.mac,
+                mtu: d.mtu,
+            };
+            run(&mut self.nl, Op::create_vxlan(&spec), false, &mut errors);
+        }
+        let vx = if c.set_vxlan_up
+            || !c.add_addresses.is_empty()
+            || !c.add_fdb.is_empty()
+            || !c.add_neighbours.is_empty()
+            || c.replace_routes.iter().any(|r| r.onlink)
+        {
+            match self.vxlan_index() {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(link) = vx {
+            if c.set_vxlan_up {
+                run(&mut self.nl, Op::set_up(link, true), false, &mut errors);
+            }
+            for a in &c.add_addresses {
+                run(
+                    &mut self.nl,
+                    Op::add_address(link, IpNet::V4(*a)),
+                    true,
+                    &mut errors,
+                );
+            }
+            for f in &c.add_fdb {
+                let e = FdbEntry {
+                    link,
+                    mac: f.mac,
+                    dst: f.dst,
+                };
+                run(&mut self.nl, Op::append_fdb(&e), true, &mut errors);
+            }
+            for n in &c.add_neighbours {
+                let n = Neighbour {
+                    link,
+                    ip: n.ip,
+                    mac: n.mac,
+                };
+                run(&mut self.nl, Op::replace_neighbour(&n), false, &mut errors);
+            }
+        }
+        for r in &c.replace_routes {
+            if r.onlink && vx.is_none() {
+                continue;
+            }
+            run(
+                &mut self.nl,
+                Op::replace_route(&route_spec(r, vx), ROUTE_PROTOCOL),
+                false,
+                &mut errors,
+            );
+        }
+        if errors.is_empty() {
+            Ok(writes)
+        } else {
+            Err(anyhow!(
+                "{} of {writes} kernel writes failed: {}",
+                errors.len(),
+                errors.join("; ")
+            ))
+        }
+    }
+
+    fn ensure_forwarding(&mut self) -> Result<()> {
+        // /proc/sys/net resolves to the network namespace of the *calling thread* (the
+        // sysctl lookup uses current->nsproxy), so this is the namespace the agent's
+        // kernel thread entered, never the host's unless the agent runs there.
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            return Ok(());
+        }
+        std::fs::write(path, "1\n").with_context(|| format!("write {path}"))
+    }
+}
+
+/// [`NftOps`] through the `nft` binary (`nft -f -`, one atomic transaction). The child
+/// inherits the calling thread's network namespace.
+#[derive(Debug, Default)]
+pub struct LinuxNft;
+
+impl NftOps for LinuxNft {
+    fn apply_script(&mut self, script: &str) -> Result<()> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("run nft")?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(script.as_bytes())
+            .context("write to nft")?;
+        let out = child.wait_with_output().context("wait for nft")?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "nft -f failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A model of the kernel for sync tests: applies `Changes` with the kernel's semantics
+/// (deleting the device takes its routes and entries with it; deleting what is not
+/// there is `NotFound`) and counts every write.
+#[derive(Debug, Default, Clone)]
+pub struct FakeNodeNet {
+    pub state: KernelState,
+    pub writes: usize,
+    pub forwarding: bool,
+    /// Routes of other owners (other protocols): must never be touched.
+    pub foreign_routes: BTreeSet<Ipv4Net>,
+}
+
+impl NodeNetOps for FakeNodeNet {
+    fn read_state(&mut self) -> Result<KernelState> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, c: &Changes) -> Result<usize> {
+        let s = &mut self.state;
+        let mut missing = Vec::new();
+        for r in &c.delete_routes {
+            if !s.routes.remove(r) {
+                missing.push(format!("route {}", r.dst));
+            }
+        }
+        if let Some(v) = s.vxlan.as_mut() {
+            for n in &c.delete_neighbours {
+                if !v.neighbours.remove(n) {
+                    missing.push(format!("neigh {}", n.ip));
+                }
+            }
+            for f in &c.delete_fdb {
+                if !v.fdb.remove(f) {
+                    missing.push(format!("fdb {}", f.dst));
+                }
+            }
+            for a in &c.delete_addresses {
+                v.addresses.remove(a);
+            }
+        }
+        if c.delete_vxlan {
+            if s.vxlan.take().is_none() {
+                missing.push("vxlan device".into());
+            }
+            s.routes.retain(|r| !r.onlink);
+        }
+        if let Some(d) = &c.create_vxlan {
+            if s.vxlan.is_some() {
+                return Err(anyhow!("create {}: exists", d.name));
+            }
+            s.vxlan = Some(VxlanState {
+                device: Some(d.clone()),
+                up: true,
+                addresses: BTreeSet::new(),
+                fdb: BTreeSet::new(),
+                neighbours: BTreeSet::new(),
+            });
+        }
+        let needs_device = c.set_vxlan_up
+            || !c.add_addresses.is_empty()
+            || !c.add_fdb.is_empty()
+            || !c.add_neighbours.is_empty()
+            || c.replace_routes.iter().any(|r| r.onlink);
+        if needs_device {
+            let v = s
+                .vxlan
+                .as_mut()
+                .ok_or_else(|| anyhow!("vxlan device missing"))?;
+            if c.set_vxlan_up {
+                v.up = true;
+            }
+            v.addresses.extend(c.add_addresses.iter().copied());
+            v.fdb.extend(c.add_fdb.iter().copied());
+            for n in &c.add_neighbours {
+                v.neighbours.retain(|o| o.ip != n.ip);
+                v.neighbours.insert(*n);
+            }
+        }
+        for r in &c.replace_routes {
+            s.routes.retain(|o| o.dst != r.dst);
+            s.routes.insert(*r);
+        }
+        self.writes += c.len();
+        if missing.is_empty() {
+            Ok(c.len())
+        } else {
+            Err(anyhow!("not found: {}", missing.join(", ")))
+        }
+    }
+
+    fn ensure_forwarding(&mut self) -> Result<()> {
+        self.forwarding = true;
+        Ok(())
+    }
+}
+
+/// Records the scripts it was given.
+#[derive(Debug, Default, Clone)]
+pub struct FakeNft {
+    pub scripts: Vec<String>,
+}
+
+impl NftOps for FakeNft {
+    fn apply_script(&mut self, script: &str) -> Result<()> {
+        self.scripts.push(script.to_string());
+        Ok(())
+    }
+}

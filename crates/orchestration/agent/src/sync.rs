@@ -1,0 +1,164 @@
+//! Orchestration: one sync — nodes snapshot → plan (pure) → read kernel → diff → apply
+//! only the differences; the CNI config and the masquerade table likewise only when
+//! their rendered text changed.
+//!
+//! Invariant: a sync with nothing changed makes no kernel write and no file write.
+//! Nothing is flushed at start: after a restart the first sync reads what the previous
+//! run left and applies the difference, so established connections are never disturbed
+//! (kube-proxy's iptables mode rewrote its whole ruleset each sync; flannel re-adds
+//! routes one by one; here the diff is computed before any write).
+
+use crate::ops::{NftOps, NodeNetOps};
+use anyhow::{Context, Result, anyhow};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use podnet_nodenet::{Mode, NodeInfo, diff, plan_node, render_cni_conflist, render_masquerade};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// The file name of the CNI config the agent writes.
+pub const CONFLIST_NAME: &str = "10-podnet.conflist";
+
+/// What a sync needs of the agent's configuration.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub node_name: String,
+    pub mode: Mode,
+    pub cluster_cidr: Ipv4Net,
+    pub cni_conf_dir: PathBuf,
+    pub cni_data_dir: PathBuf,
+    pub underlay_mtu: u32,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Netlink writes plus nft transactions.
+    pub kernel_writes: usize,
+    pub peers: usize,
+    pub routes: usize,
+    pub conflist_written: bool,
+    pub nft_applied: bool,
+    pub skipped: Vec<String>,
+}
+
+/// Holds the kernel capabilities and what was last applied.
+pub struct Syncer<N, F> {
+    pub config: SyncConfig,
+    pub net: N,
+    pub nft: F,
+    last_nft: Option<String>,
+    forwarding: bool,
+}
+
+/// The node's name, InternalIP (IPv4) and podCIDR (IPv4), or `None` while it lacks one.
+pub fn node_info(node: &Node) -> Option<NodeInfo> {
+    let name = node.metadata.name.clone()?;
+    let spec = node.spec.as_ref()?;
+    let pod_cidr = spec
+        .pod_cidr
+        .iter()
+        .chain(spec.pod_cidrs.iter().flatten())
+        .find_map(|c| c.parse::<Ipv4Net>().ok())?;
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+    Some(NodeInfo {
+        name,
+        ip,
+        pod_cidr: pod_cidr.trunc(),
+    })
+}
+
+impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
+    pub fn new(config: SyncConfig, net: N, nft: F) -> Self {
+        Syncer {
+            config,
+            net,
+            nft,
+            last_nft: None,
+            forwarding: false,
+        }
+    }
+
+    /// One sync against the nodes in `nodes` (ours among them).
+    pub fn sync(&mut self, nodes: &[NodeInfo]) -> Result<SyncReport> {
+        let cfg = &self.config;
+        let me = nodes
+            .iter()
+            .find(|n| n.name == cfg.node_name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "node {} has no podCIDR or InternalIP yet (or does not exist)",
+                    cfg.node_name
+                )
+            })?
+            .clone();
+        let mut report = SyncReport::default();
+        if !self.forwarding {
+            self.net.ensure_forwarding().context("enable ip_forward")?;
+            self.forwarding = true;
+        }
+        let conflist = render_cni_conflist(
+            me.pod_cidr,
+            cfg.mode.pod_mtu(cfg.underlay_mtu),
+            &cfg.cni_data_dir.to_string_lossy(),
+        );
+        report.conflist_written = write_if_changed(&cfg.cni_conf_dir, CONFLIST_NAME, &conflist)?;
+
+        let plan = plan_node(&me, nodes, cfg.mode, cfg.underlay_mtu);
+        report.peers = plan.routes.len();
+        report.routes = plan.routes.len();
+        report.skipped = plan.skipped.clone();
+        let current = self.net.read_state().context("read kernel state")?;
+        let changes = diff(&current, &plan);
+        let mut failures = Vec::new();
+        if !changes.is_empty() {
+            match self.net.apply(&changes) {
+                Ok(n) => report.kernel_writes += n,
+                Err(e) => {
+                    report.kernel_writes += changes.len();
+                    failures.push(format!("{e:#}"));
+                }
+            }
+        }
+
+        let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| n.ip).collect();
+        let script = render_masquerade(cfg.cluster_cidr, &ips);
+        if self.last_nft.as_deref() != Some(script.as_str()) {
+            match self.nft.apply_script(&script) {
+                Ok(()) => {
+                    self.last_nft = Some(script);
+                    report.nft_applied = true;
+                    report.kernel_writes += 1;
+                }
+                Err(e) => failures.push(format!("masquerade: {e:#}")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(report)
+        } else {
+            Err(anyhow!(failures.join("; ")))
+        }
+    }
+}
+
+/// Writes `dir/name` atomically (temp file in `dir`, then rename) unless it already holds
+/// `content`. Returns whether it wrote.
+pub fn write_if_changed(dir: &Path, name: &str, content: &str) -> Result<bool> {
+    let path = dir.join(name);
+    if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    // A dot-name: runtimes read only `*.conf`/`*.conflist`/`*.json`, never the temp file.
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, content).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(true)
+}

@@ -1,0 +1,182 @@
+//! Fake-kernel sync tests: first sync, the no-op second sync, a node leaving, restart
+//! with pre-existing state, mode switch, CNI config and masquerade writes.
+
+use podnet_agent::Mode;
+use podnet_agent::ops::{FakeNft, FakeNodeNet, NodeNetOps};
+use podnet_agent::sync::{CONFLIST_NAME, SyncConfig, Syncer};
+use podnet_nodenet::{NodeInfo, Route, diff, plan_node};
+
+fn node(name: &str, ip: &str, cidr: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        ip: ip.parse().unwrap(),
+        pod_cidr: cidr.parse().unwrap(),
+    }
+}
+
+fn nodes() -> Vec<NodeInfo> {
+    vec![
+        node("w1", "192.168.50.11", "10.244.1.0/24"),
+        node("w2", "192.168.50.12", "10.244.2.0/24"),
+        node("w3", "192.168.50.13", "10.244.3.0/24"),
+    ]
+}
+
+fn syncer(mode: Mode, dir: &tempfile::TempDir, net: FakeNodeNet) -> Syncer<FakeNodeNet, FakeNft> {
+    Syncer::new(
+        SyncConfig {
+            node_name: "w1".into(),
+            mode,
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            cni_conf_dir: dir.path().join("net.d"),
+            cni_data_dir: "/var/lib/cni/podnet".into(),
+            underlay_mtu: 1500,
+        },
+        net,
+        FakeNft::default(),
+    )
+}
+
+#[test]
+fn first_sync_programs_everything_and_second_writes_nothing() {
+    for mode in [Mode::HostGw, Mode::Vxlan] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = syncer(mode, &dir, FakeNodeNet::default());
+        let r1 = s.sync(&nodes()).unwrap();
+        assert!(r1.conflist_written && r1.nft_applied);
+        assert!(s.net.forwarding);
+        assert_eq!(r1.peers, 2);
+        let expected = plan_node(&nodes()[0], &nodes(), mode, 1500).as_state();
+        assert_eq!(s.net.state, expected, "{mode}");
+        let writes = s.net.writes;
+        assert_eq!(writes, if mode == Mode::HostGw { 2 } else { 8 });
+
+        let r2 = s.sync(&nodes()).unwrap();
+        assert_eq!(r2.kernel_writes, 0, "{mode}: {r2:?}");
+        assert!(!r2.conflist_written && !r2.nft_applied);
+        assert_eq!(s.net.writes, writes);
+        assert_eq!(s.nft.scripts.len(), 1);
+        let conf = std::fs::read_to_string(dir.path().join("net.d").join(CONFLIST_NAME)).unwrap();
+        let mtu = if mode == Mode::HostGw { 1500 } else { 1450 };
+        assert!(conf.contains(&format!("\"mtu\": {mtu}")), "{conf}");
+        assert!(conf.contains("10.244.1.0/24"));
+    }
+}
+
+#[test]
+fn node_leaving_removes_exactly_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = syncer(Mode::Vxlan, &dir, FakeNodeNet::default());
+    s.sync(&nodes()).unwrap();
+    let before = s.net.state.clone();
+    let w = s.net.writes;
+    let r = s.sync(&nodes()[..2]).unwrap();
+    // route + neighbour + fdb, and the node-ips set changed (one nft transaction).
+    assert_eq!(s.net.writes - w, 3);
+    assert!(r.nft_applied);
+    assert!(!s.nft.scripts.last().unwrap().contains("192.168.50.13"));
+    let after = s.net.state.clone();
+    let gone: Vec<&Route> = before.routes.difference(&after.routes).collect();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].dst.to_string(), "10.244.3.0/24");
+    let (bv, av) = (before.vxlan.unwrap(), after.vxlan.unwrap());
+    assert_eq!(bv.fdb.len() - 1, av.fdb.len());
+    assert!(av.fdb.iter().all(|f| f.dst.to_string() != "192.168.50.13"));
+    assert!(
+        av.neighbours
+            .iter()
+            .all(|n| n.ip.to_string() != "10.244.3.0")
+    );
+    assert_eq!(bv.device, av.device);
+}
+
+#[test]
+fn restart_with_existing_state_applies_only_the_difference() {
+    // The previous run programmed w2 and w3; meanwhile w3 left and w4 joined.
+    let old = plan_node(&nodes()[0], &nodes(), Mode::HostGw, 1500).as_state();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = syncer(
+        Mode::HostGw,
+        &dir,
+        FakeNodeNet {
+            state: old,
+            ..Default::default()
+        },
+    );
+    let mut now = nodes()[..2].to_vec();
+    now.push(node("w4", "192.168.50.14", "10.244.4.0/24"));
+    s.sync(&now).unwrap();
+    assert_eq!(
+        s.net.writes, 2,
+        "delete w3's route, add w4's; w2's untouched"
+    );
+    assert_eq!(
+        s.net.state,
+        plan_node(&now[0], &now, Mode::HostGw, 1500).as_state()
+    );
+}
+
+#[test]
+fn mode_switch_at_restart_cleans_the_other_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vx = syncer(Mode::Vxlan, &dir, FakeNodeNet::default());
+    vx.sync(&nodes()).unwrap();
+    let mut gw = syncer(
+        Mode::HostGw,
+        &dir,
+        FakeNodeNet {
+            state: vx.net.state.clone(),
+            ..Default::default()
+        },
+    );
+    gw.sync(&nodes()).unwrap();
+    assert!(gw.net.state.vxlan.is_none(), "the VXLAN device is gone");
+    assert_eq!(
+        gw.net.state,
+        plan_node(&nodes()[0], &nodes(), Mode::HostGw, 1500).as_state()
+    );
+    assert_eq!(gw.net.writes, 1 + 2, "device delete + two routes");
+    let conf = std::fs::read_to_string(dir.path().join("net.d").join(CONFLIST_NAME)).unwrap();
+    assert!(conf.contains("\"mtu\": 1500"));
+
+    let mut back = syncer(
+        Mode::Vxlan,
+        &dir,
+        FakeNodeNet {
+            state: gw.net.state.clone(),
+            ..Default::default()
+        },
+    );
+    back.sync(&nodes()).unwrap();
+    assert_eq!(
+        back.net.state,
+        plan_node(&nodes()[0], &nodes(), Mode::Vxlan, 1500).as_state()
+    );
+}
+
+#[test]
+fn own_node_without_pod_cidr_is_an_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = syncer(Mode::HostGw, &dir, FakeNodeNet::default());
+    assert!(s.sync(&nodes()[1..]).is_err());
+    assert_eq!(s.net.writes, 0);
+    assert!(s.nft.scripts.is_empty());
+    assert!(!dir.path().join("net.d").join(CONFLIST_NAME).exists());
+}
+
+#[test]
+fn drift_behind_the_agents_back_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = syncer(Mode::Vxlan, &dir, FakeNodeNet::default());
+    s.sync(&nodes()).unwrap();
+    // Someone deletes a neighbour entry and downs the device.
+    let v = s.net.state.vxlan.as_mut().unwrap();
+    let n = *v.neighbours.iter().next().unwrap();
+    v.neighbours.remove(&n);
+    v.up = false;
+    let w = s.net.writes;
+    s.sync(&nodes()).unwrap();
+    assert_eq!(s.net.writes - w, 2);
+    let plan = plan_node(&nodes()[0], &nodes(), Mode::Vxlan, 1500);
+    assert!(diff(&s.net.read_state().unwrap(), &plan).is_empty());
+}

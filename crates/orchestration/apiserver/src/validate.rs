@@ -1,0 +1,393 @@
+//! Orchestration (admission): decode a body into its `k8s-openapi` type (errors name the JSON
+//! path), apply the defaults the real API server applies, and check the semantic rules.
+//! Invariant: an object that leaves `admit` decodes as its kind and passes every check; the
+//! stored form is the typed round trip (unknown fields dropped, as the real server does).
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult, Cause};
+use crate::resource::Kind;
+
+/// The name in a raw body, for error messages before decoding.
+pub fn raw_name(v: &Value) -> String {
+    v.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .or_else(|| v.pointer("/metadata/generateName").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn decode<T: DeserializeOwned>(kind: Kind, v: &Value) -> ApiResult<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::undecodable(kind, &raw_name(v), &path, &e.inner().to_string())
+    })
+}
+
+fn encode<T: Serialize>(t: &T) -> ApiResult<Value> {
+    serde_json::to_value(t).map_err(|e| ApiError::internal(format!("encode: {e}")))
+}
+
+/// Decode, default, validate; returns the normalized object.
+pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
+    let name = raw_name(v);
+    let mut causes = Vec::new();
+    let out = match kind {
+        Kind::Namespace => {
+            let ns: Namespace = decode(kind, v)?;
+            check_name(&mut causes, ns.metadata.name.as_deref(), true);
+            encode(&ns)?
+        }
+        Kind::Node => {
+            let node: Node = decode(kind, v)?;
+            check_name(&mut causes, node.metadata.name.as_deref(), false);
+            for (i, c) in node
+                .spec
+                .iter()
+                .flat_map(|s| s.pod_cidrs.iter().flatten())
+                .enumerate()
+            {
+                if c.parse::<IpNet>().is_err() {
+                    causes.push(cause(
+                        format!("spec.podCIDRs[{i}]"),
+                        format!("Invalid value: {c:?}: must be a CIDR"),
+                    ));
+                }
+            }
+            encode(&node)?
+        }
+        Kind::Pod => {
+            let mut pod: Pod = decode(kind, v)?;
+            check_name(&mut causes, pod.metadata.name.as_deref(), false);
+            validate_pod(&mut causes, &mut pod);
+            encode(&pod)?
+        }
+        Kind::Service => {
+            let mut svc: Service = decode(kind, v)?;
+            check_name(&mut causes, svc.metadata.name.as_deref(), true);
+            validate_service(&mut causes, &mut svc, service_cidr);
+            encode(&svc)?
+        }
+        Kind::EndpointSlice => {
+            let es: EndpointSlice = decode(kind, v)?;
+            check_name(&mut causes, es.metadata.name.as_deref(), false);
+            if !matches!(es.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
+                causes.push(cause(
+                    "addressType",
+                    format!(
+                        "Unsupported value: {:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"",
+                        es.address_type
+                    ),
+                ));
+            }
+            for (i, p) in es.ports.iter().flatten().enumerate() {
+                if let Some(n) = p.port {
+                    check_port(&mut causes, &format!("ports[{i}].port"), n, false);
+                }
+            }
+            encode(&es)?
+        }
+        Kind::NetworkPolicy => {
+            let np: NetworkPolicy = decode(kind, v)?;
+            check_name(&mut causes, np.metadata.name.as_deref(), false);
+            validate_network_policy(&mut causes, &np);
+            encode(&np)?
+        }
+    };
+    if causes.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::invalid(kind, &name, causes))
+    }
+}
+
+fn cause(field: impl Into<String>, message: impl Into<String>) -> Cause {
+    Cause {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `None` name is fine here when generateName will fill it; the store checks presence.
+fn check_name(causes: &mut Vec<Cause>, name: Option<&str>, label: bool) {
+    if let Some(n) = name
+        && let Err(m) = if label {
+            dns1123_label(n)
+        } else {
+            dns1123_subdomain(n)
+        }
+    {
+        causes.push(cause("metadata.name", format!("Invalid value: {n:?}: {m}")));
+    }
+}
+
+pub fn dns1123_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (at most 63 characters)".into())
+    }
+}
+
+pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| dns1123_label(l).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".into())
+    }
+}
+
+fn check_port(causes: &mut Vec<Cause>, field: &str, n: i32, zero_ok: bool) {
+    let lo = if zero_ok { 0 } else { 1 };
+    if !(lo..=65535).contains(&n) {
+        causes.push(cause(
+            field,
+            format!("Invalid value: {n}: must be between {lo} and 65535, inclusive"),
+        ));
+    }
+}
+
+fn check_protocol(causes: &mut Vec<Cause>, field: &str, p: Option<&str>) {
+    if let Some(p) = p
+        && !matches!(p, "TCP" | "UDP" | "SCTP")
+    {
+        causes.push(cause(
+            field,
+            format!("Unsupported value: {p:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+        ));
+    }
+}
+
+fn validate_pod(causes: &mut Vec<Cause>, pod: &mut Pod) {
+    let Some(spec) = pod.spec.as_mut() else {
+        causes.push(cause("spec", "Required value"));
+        return;
+    };
+    if spec.containers.is_empty() {
+        causes.push(cause("spec.containers", "Required value"));
+    }
+    for (i, c) in spec.containers.iter_mut().enumerate() {
+        let f = format!("spec.containers[{i}]");
+        if c.name.is_empty() {
+            causes.push(cause(format!("{f}.name"), "Required value"));
+        } else if let Err(m) = dns1123_label(&c.name) {
+            causes.push(cause(
+                format!("{f}.name"),
+                format!("Invalid value: {:?}: {m}", c.name),
+            ));
+        }
+        if c.image.as_deref().unwrap_or("").is_empty() {
+            causes.push(cause(format!("{f}.image"), "Required value"));
+        }
+        for (j, p) in c.ports.iter_mut().flatten().enumerate() {
+            check_port(
+                causes,
+                &format!("{f}.ports[{j}].containerPort"),
+                p.container_port,
+                false,
+            );
+            if let Some(h) = p.host_port {
+                check_port(causes, &format!("{f}.ports[{j}].hostPort"), h, true);
+            }
+            check_protocol(
+                causes,
+                &format!("{f}.ports[{j}].protocol"),
+                p.protocol.as_deref(),
+            );
+            p.protocol.get_or_insert_with(|| "TCP".into());
+        }
+    }
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+}
+
+fn validate_service(causes: &mut Vec<Cause>, svc: &mut Service, service_cidr: IpNet) {
+    let spec = svc.spec.get_or_insert_with(Default::default);
+    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    if !matches!(
+        ty.as_str(),
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        causes.push(cause("spec.type", format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"")));
+    }
+    if ty == "ExternalName" && spec.external_name.as_deref().unwrap_or("").is_empty() {
+        causes.push(cause("spec.externalName", "Required value"));
+    }
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    if let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(a) if service_cidr.contains(&a) => {}
+            Ok(_) => causes.push(cause("spec.clusterIP", format!("Invalid value: {ip:?}: provided IP is not in the valid range. The range of valid IPs is {service_cidr}"))),
+            Err(_) => causes.push(cause("spec.clusterIP", format!("Invalid value: {ip:?}: must be a valid IP address or \"None\""))),
+        }
+    }
+    if headless && ty != "ClusterIP" {
+        causes.push(cause(
+            "spec.clusterIP",
+            format!("Invalid value: \"None\": may not be set to 'None' for {ty} services"),
+        ));
+    }
+    let ports = spec.ports.get_or_insert_with(Vec::new);
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        causes.push(cause("spec.ports", "Required value"));
+    }
+    let multi = ports.len() > 1;
+    for (i, p) in ports.iter_mut().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        check_port(causes, &format!("{f}.port"), p.port, false);
+        check_protocol(causes, &format!("{f}.protocol"), p.protocol.as_deref());
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        if multi && p.name.as_deref().unwrap_or("").is_empty() {
+            causes.push(cause(format!("{f}.name"), "Required value"));
+        }
+        match &p.target_port {
+            None => p.target_port = Some(IntOrString::Int(p.port)),
+            Some(IntOrString::Int(n)) => check_port(causes, &format!("{f}.targetPort"), *n, false),
+            Some(IntOrString::String(s)) if s.is_empty() => causes.push(cause(
+                format!("{f}.targetPort"),
+                "Invalid value: \"\": must be a port number or name",
+            )),
+            Some(IntOrString::String(_)) => {}
+        }
+        if let Some(np) = p.node_port.filter(|n| *n != 0) {
+            if !matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+                causes.push(cause(
+                    format!("{f}.nodePort"),
+                    format!("Forbidden: may not be used when `type` is '{ty}'"),
+                ));
+            }
+            check_port(causes, &format!("{f}.nodePort"), np, false);
+        }
+    }
+    if ty != "ExternalName" {
+        spec.session_affinity.get_or_insert_with(|| "None".into());
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+        spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".into());
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+}
+
+fn validate_network_policy(causes: &mut Vec<Cause>, np: &NetworkPolicy) {
+    let Some(spec) = np.spec.as_ref() else {
+        return;
+    };
+    for (i, t) in spec.policy_types.iter().flatten().enumerate() {
+        if !matches!(t.as_str(), "Ingress" | "Egress") {
+            causes.push(cause(
+                format!("spec.policyTypes[{i}]"),
+                format!("Unsupported value: {t:?}: supported values: \"Egress\", \"Ingress\""),
+            ));
+        }
+    }
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        peers(
+            causes,
+            &format!("spec.ingress[{i}].from"),
+            r.from.as_deref(),
+        );
+        np_ports(
+            causes,
+            &format!("spec.ingress[{i}].ports"),
+            r.ports.as_deref(),
+        );
+    }
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        peers(causes, &format!("spec.egress[{i}].to"), r.to.as_deref());
+        np_ports(
+            causes,
+            &format!("spec.egress[{i}].ports"),
+            r.ports.as_deref(),
+        );
+    }
+}
+
+fn peers(causes: &mut Vec<Cause>, field: &str, peers: Option<&[NetworkPolicyPeer]>) {
+    for (i, p) in peers.unwrap_or_default().iter().enumerate() {
+        let Some(b) = p.ip_block.as_ref() else {
+            continue;
+        };
+        let f = format!("{field}[{i}].ipBlock");
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            causes.push(cause(
+                f.clone(),
+                "Forbidden: may not be specified with podSelector or namespaceSelector",
+            ));
+        }
+        let Ok(cidr) = b.cidr.parse::<IpNet>() else {
+            causes.push(cause(
+                format!("{f}.cidr"),
+                format!("Invalid value: {:?}: must be a valid CIDR", b.cidr),
+            ));
+            continue;
+        };
+        for (j, e) in b.except.iter().flatten().enumerate() {
+            match e.parse::<IpNet>() {
+                Ok(ex) if cidr.contains(&ex) && ex.prefix_len() > cidr.prefix_len() => {}
+                Ok(_) => causes.push(cause(
+                    format!("{f}.except[{j}]"),
+                    format!(
+                        "Invalid value: {e:?}: must be a strict subset of `cidr` {}",
+                        b.cidr
+                    ),
+                )),
+                Err(_) => causes.push(cause(
+                    format!("{f}.except[{j}]"),
+                    format!("Invalid value: {e:?}: must be a valid CIDR"),
+                )),
+            }
+        }
+    }
+}
+
+fn np_ports(causes: &mut Vec<Cause>, field: &str, ports: Option<&[NetworkPolicyPort]>) {
+    for (i, p) in ports.unwrap_or_default().iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        check_protocol(causes, &format!("{f}.protocol"), p.protocol.as_deref());
+        match (&p.port, p.end_port) {
+            (Some(IntOrString::Int(n)), end) => {
+                check_port(causes, &format!("{f}.port"), *n, false);
+                if let Some(e) = end
+                    && e < *n
+                {
+                    causes.push(cause(
+                        format!("{f}.endPort"),
+                        format!("Invalid value: {e}: must be greater than or equal to `port`"),
+                    ));
+                }
+            }
+            (Some(IntOrString::String(_)), Some(_)) => causes.push(cause(
+                format!("{f}.endPort"),
+                "Forbidden: may not be specified when `port` is non-numeric",
+            )),
+            (None, Some(_)) => causes.push(cause(
+                format!("{f}.endPort"),
+                "Forbidden: may not be specified when `port` is not specified",
+            )),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Orchestration test: the real kubectl (v1.32, /usr/bin/kubectl) against `serve` on
+//! 127.0.0.1 with a temporary kubeconfig (plain HTTP, no auth). The server publishes no
+//! OpenAPI document (404), so `kubectl create` needs `--validate=false`: client-side schema
+//! validation is replaced by the server's own (which names the field, as tested below).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+struct Kubectl {
+    dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(podnet_apiserver::serve(
+            listener,
+            podnet_apiserver::Config::default(),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+                 users:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n\
+                 current-context: lab\n"
+            ),
+        )
+        .unwrap();
+        Kubectl { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs kubectl off the async runtime (the server runs on it).
+    async fn run(&self, args: &[&str]) -> Output {
+        let config = self.path("config");
+        let cache = self.path("cache");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            Command::new("/usr/bin/kubectl")
+                .arg(format!("--kubeconfig={}", config.display()))
+                .arg(format!("--cache-dir={}", cache.display()))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+fn write(p: &Path, s: &str) {
+    std::fs::write(p, s).unwrap();
+}
+
+const MANIFEST: &str = "\
+apiVersion: v1
+kind: Node
+metadata:
+  name: worker-1
+status:
+  conditions:
+  - type: Ready
+    status: \"True\"
+  addresses:
+  - type: InternalIP
+    address: 192.168.50.11
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo
+  labels:
+    app: echo
+spec:
+  containers:
+  - name: echo
+    image: podnet/echo
+    ports:
+    - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  type: NodePort
+  selector:
+    app: echo
+  ports:
+  - port: 80
+    targetPort: 8080
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_get_delete() {
+    let k = Kubectl::start().await;
+    let file = k.path("app.yaml");
+    write(&file, MANIFEST);
+    let out = k
+        .ok(&["create", "--validate=false", "-f", file.to_str().unwrap()])
+        .await;
+    assert!(
+        out.contains("pod/echo created") && out.contains("service/echo created"),
+        "{out}"
+    );
+
+    let pods = k.ok(&["get", "pods", "-A"]).await;
+    assert!(
+        pods.contains("NAMESPACE") && pods.contains("default") && pods.contains("echo"),
+        "{pods}"
+    );
+    assert!(
+        pods.contains("worker-1") && pods.contains("Pending"),
+        "{pods}"
+    );
+    let nodes = k.ok(&["get", "nodes"]).await;
+    assert!(
+        nodes.contains("worker-1")
+            && nodes.contains("Ready")
+            && nodes.contains("10.244.0.0/24")
+            && nodes.contains("192.168.50.11"),
+        "{nodes}"
+    );
+    let svc = k.ok(&["get", "svc"]).await;
+    assert!(
+        svc.contains("NodePort") && svc.contains("10.96.0.1") && svc.contains("80:30000/TCP"),
+        "{svc}"
+    );
+    let eps = k.ok(&["get", "endpointslices"]).await;
+    assert!(eps.contains("echo-"), "{eps}");
+    let ns = k.ok(&["get", "ns"]).await;
+    assert!(ns.contains("kube-system"), "{ns}");
+    let json = k.ok(&["get", "pod", "echo", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["spec"]["nodeName"], "worker-1");
+
+    let out = k.ok(&["delete", "pod", "echo"]).await;
+    assert!(out.contains("pod \"echo\" deleted"), "{out}");
+    let out = k
+        .ok(&["delete", "--ignore-not-found", "-f", file.to_str().unwrap()])
+        .await;
+    assert!(out.contains("service \"echo\" deleted"), "{out}");
+    let out = k.run(&["get", "pod", "echo"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let pods = k.ok(&["get", "pods", "-A"]).await;
+    assert!(!pods.contains("echo"), "{pods}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_bad_manifest_names_the_field() {
+    let k = Kubectl::start().await;
+    let file = k.path("bad.yaml");
+    write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - port: 70000\n    protocol: TCP\n",
+    );
+    let out = k
+        .run(&["create", "--validate=false", "-f", file.to_str().unwrap()])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.ports[0].port") && err.contains("\"bad\""),
+        "{err}"
+    );
+    let svc = k.ok(&["get", "svc"]).await;
+    assert!(!svc.contains("bad"), "{svc}");
+}

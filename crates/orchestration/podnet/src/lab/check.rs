@@ -1,0 +1,354 @@
+//! Orchestration: `lab check` — proves the Kubernetes networking model with real traffic
+//! and prints it as matrices:
+//! - every pod reaches every pod (same node and across nodes) and the server sees the
+//!   client's own pod IP — no NAT between pods;
+//! - every node reaches every pod, and the pod sees the node's IP;
+//! - containers of one pod reach each other over localhost;
+//! - pods reach the external host and arrive as their node's IP (egress masquerade).
+//!
+//! Probes are TCP connections to the echo workload, which answers with the pod it is and
+//! the peer address it saw. Each probe runs from a thread inside the source's network
+//! namespace; pod namespaces are found by the address on their interface, so the check
+//! depends on nothing but the kernel and the API.
+
+use super::net::namespaces_with_prefix;
+use super::status::node_ip;
+use super::topology::{ECHO_PORT, EXTERNAL_IP, Topology};
+use super::with_api;
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use podnet_kubelet::echo::{EchoReply, parse_reply};
+use podnet_netlink::{Netlink, netns};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+struct PodInfo {
+    name: String,
+    ip: Ipv4Addr,
+    node: String,
+    host_ip: Ipv4Addr,
+    netns: String,
+    /// (container, first TCP port)
+    containers: Vec<(String, u16)>,
+}
+
+impl PodInfo {
+    fn port(&self) -> u16 {
+        self.containers.first().map(|c| c.1).unwrap_or(ECHO_PORT)
+    }
+}
+
+struct Probe {
+    from: String,
+    to: String,
+    dst: SocketAddr,
+    /// What the server may report as the peer's address: the source's own addresses.
+    want_peer: Vec<IpAddr>,
+    /// What the server must report as its container.
+    want_container: Option<String>,
+    result: Result<EchoReply, String>,
+}
+
+impl Probe {
+    fn ok(&self) -> bool {
+        match &self.result {
+            Ok(r) => {
+                self.want_peer.contains(&r.peer.ip())
+                    && self
+                        .want_container
+                        .as_ref()
+                        .is_none_or(|c| *c == r.container)
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        match &self.result {
+            _ if self.ok() => None,
+            Err(e) => Some(format!("{} → {} ({}): {e}", self.from, self.to, self.dst)),
+            Ok(r) if !self.want_peer.contains(&r.peer.ip()) => Some(format!(
+                "{} → {} ({}): the server saw {} instead of {:?} (NAT)",
+                self.from,
+                self.to,
+                self.dst,
+                r.peer.ip(),
+                self.want_peer
+            )),
+            Ok(r) => Some(format!(
+                "{} → {} ({}): answered by container {} instead of {:?}",
+                self.from, self.to, self.dst, r.container, self.want_container
+            )),
+        }
+    }
+}
+
+pub fn run(t: &Topology) -> Result<()> {
+    let (pods, nodes) = with_api(t, |c| async move {
+        let pods = Api::<Pod>::all(c.clone())
+            .list(&ListParams::default())
+            .await?;
+        let nodes = Api::<Node>::all(c).list(&ListParams::default()).await?;
+        Ok((pods.items, nodes.items))
+    })?;
+    let by_ip = pod_namespaces_by_ip(&t.pod_netns_prefix);
+    let mut infos = Vec::new();
+    for p in &pods {
+        let name = format!(
+            "{}/{}",
+            p.metadata.namespace.as_deref().unwrap_or("default"),
+            p.metadata.name.as_deref().unwrap_or("")
+        );
+        let s = p.status.as_ref();
+        let (Some(ip), Some(host_ip)) = (
+            s.and_then(|s| s.pod_ip.as_ref())
+                .and_then(|i| i.parse().ok()),
+            s.and_then(|s| s.host_ip.as_ref())
+                .and_then(|i| i.parse().ok()),
+        ) else {
+            bail!("pod {name} has no IP yet (lab status shows its phase)");
+        };
+        let Some(ns) = by_ip.get(&ip) else {
+            bail!("pod {name}: no namespace of this lab has its address {ip}");
+        };
+        let containers = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .filter_map(|c| {
+                let port = c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")?;
+                Some((c.name.clone(), port.container_port as u16))
+            })
+            .collect();
+        infos.push(PodInfo {
+            name,
+            ip,
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            host_ip,
+            netns: ns.clone(),
+            containers,
+        });
+    }
+    if infos.is_empty() {
+        bail!("the lab has no pods to check (podnet lab apply -f …)");
+    }
+    // A node's own addresses: the kernel picks the outgoing interface's — the bridge's
+    // gateway for its own pods, the node IP in host-gw, the VXLAN device's address (the pod
+    // CIDR's network address, flannel-style) across the overlay.
+    let node_srcs: Vec<(String, String, Ipv4Addr, Vec<IpAddr>)> = t
+        .workers
+        .iter()
+        .filter_map(|m| {
+            let n = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(&m.name))?;
+            let ip: Ipv4Addr = node_ip(n)?.parse().ok()?;
+            let mut own = vec![IpAddr::from(ip)];
+            if let Some(cidr) = n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref())
+                && let Ok(net) = cidr.parse::<ipnet::Ipv4Net>()
+            {
+                own.push(IpAddr::from(Ipv4Addr::from(u32::from(net.network()) + 1)));
+                own.push(IpAddr::from(net.network()));
+            }
+            Some((m.name.clone(), m.netns.clone(), ip, own))
+        })
+        .collect();
+
+    // Probes grouped by source namespace; one thread per source.
+    let mut plan: Vec<(String, Vec<Probe>)> = Vec::new();
+    for src in &infos {
+        let mut v: Vec<Probe> = infos
+            .iter()
+            .map(|dst| {
+                probe(
+                    &src.name,
+                    &dst.name,
+                    dst.ip,
+                    dst.port(),
+                    vec![src.ip.into()],
+                    None,
+                )
+            })
+            .collect();
+        for (c, port) in src.containers.iter().skip(1) {
+            let mut p = probe(
+                &src.name,
+                &format!("{}:{c}", src.name),
+                Ipv4Addr::LOCALHOST,
+                *port,
+                vec![Ipv4Addr::LOCALHOST.into()],
+                Some(c.clone()),
+            );
+            p.want_container = Some(c.clone());
+            v.push(p);
+        }
+        v.push(probe(
+            &src.name,
+            "external",
+            EXTERNAL_IP,
+            ECHO_PORT,
+            vec![src.host_ip.into()],
+            None,
+        ));
+        plan.push((src.netns.clone(), v));
+    }
+    for (node, ns, _, own) in &node_srcs {
+        let v = infos
+            .iter()
+            .map(|dst| probe(node, &dst.name, dst.ip, dst.port(), own.clone(), None))
+            .collect();
+        plan.push((ns.clone(), v));
+    }
+    let done: Vec<Vec<Probe>> = std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .into_iter()
+            .map(|(ns, probes)| s.spawn(move || run_probes(&ns, probes)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
+    });
+    let all: Vec<&Probe> = done.iter().flatten().collect();
+
+    // Report.
+    println!("PODS");
+    for (i, p) in infos.iter().enumerate() {
+        println!("  {:>2}  {:<24} {:<15} {}", i + 1, p.name, p.ip, p.node);
+    }
+    let head: String = (1..=infos.len()).map(|i| format!("{i:>3}")).collect();
+    let cell = |from: &str, to: &str| {
+        all.iter()
+            .find(|p| p.from == from && p.to == to)
+            .map(|p| if p.ok() { "  ✓" } else { "  ✗" })
+            .unwrap_or("  ·")
+    };
+    println!("\npod → pod  (TCP; ✓ = answered, and the server saw the client's own pod IP)");
+    println!("  {:<28}{head}", "from \\ to");
+    for src in &infos {
+        let row: String = infos.iter().map(|d| cell(&src.name, &d.name)).collect();
+        println!("  {:<28}{row}", format!("{} ({})", src.name, src.node));
+    }
+    println!("\nnode → pod  (✓ = answered, and the pod saw one of the node's own addresses)");
+    for (node, _, ip, _) in &node_srcs {
+        let row: String = infos.iter().map(|d| cell(node, &d.name)).collect();
+        println!("  {:<28}{row}", format!("{node} ({ip})"));
+    }
+    let local: Vec<&&Probe> = all.iter().filter(|p| p.want_container.is_some()).collect();
+    if !local.is_empty() {
+        println!("\ncontainers of one pod over localhost");
+        for p in &local {
+            println!(
+                "  {}  {} → {}",
+                if p.ok() { "✓" } else { "✗" },
+                p.from,
+                p.dst
+            );
+        }
+    }
+    println!(
+        "\npod → external host {EXTERNAL_IP}:{ECHO_PORT}  (✓ = arrived as the node's IP: egress masquerade)"
+    );
+    for src in &infos {
+        println!(
+            "  {}  {:<24} as {}",
+            cell(&src.name, "external").trim(),
+            src.name,
+            src.host_ip
+        );
+    }
+    let failures: Vec<String> = all.iter().filter_map(|p| p.failure()).collect();
+    println!();
+    if failures.is_empty() {
+        println!("lab check: all {} probes passed", all.len());
+        Ok(())
+    } else {
+        for f in &failures {
+            println!("FAILED {f}");
+        }
+        bail!(
+            "lab check: {} of {} probes failed",
+            failures.len(),
+            all.len()
+        )
+    }
+}
+
+fn probe(
+    from: &str,
+    to: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    want_peer: Vec<IpAddr>,
+    want_container: Option<String>,
+) -> Probe {
+    Probe {
+        from: from.into(),
+        to: to.into(),
+        dst: SocketAddr::new(ip.into(), port),
+        want_peer,
+        want_container,
+        result: Err("not run".into()),
+    }
+}
+
+fn run_probes(ns: &str, mut probes: Vec<Probe>) -> Vec<Probe> {
+    let entered = netns::open(netns::named_path(ns)).and_then(netns::enter);
+    match entered {
+        Ok(_inside) => {
+            for p in &mut probes {
+                p.result = connect(p.dst);
+            }
+        }
+        Err(e) => {
+            for p in &mut probes {
+                p.result = Err(format!("cannot enter {ns}: {e}"));
+            }
+        }
+    }
+    probes
+}
+
+fn connect(dst: SocketAddr) -> Result<EchoReply, String> {
+    let mut s = TcpStream::connect_timeout(&dst, TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    s.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    parse_reply(line.trim()).ok_or_else(|| format!("unexpected answer {line:?}"))
+}
+
+/// Each pod namespace of the lab, by the IPv4 addresses on its interfaces.
+fn pod_namespaces_by_ip(prefix: &str) -> BTreeMap<Ipv4Addr, String> {
+    let mut out = BTreeMap::new();
+    for ns in namespaces_with_prefix(prefix) {
+        let Ok(fd) = netns::open(netns::named_path(&ns)) else {
+            continue;
+        };
+        let Ok(mut nl) = Netlink::open_in(&fd) else {
+            continue;
+        };
+        for a in nl.addresses(None).unwrap_or_default() {
+            if let IpAddr::V4(ip) = a.net.addr()
+                && !ip.is_loopback()
+            {
+                out.insert(ip, ns.clone());
+            }
+        }
+    }
+    out
+}

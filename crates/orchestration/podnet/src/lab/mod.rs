@@ -1,0 +1,242 @@
+//! Orchestration: `podnet lab` — a whole Kubernetes cluster on one machine, made of network
+//! namespaces, with podnet's real data plane.
+//!
+//! Shape (DESIGN.md): an underlay namespace with a bridge (the "physical" network); a
+//! control-plane namespace running the lab's API server on 172.18.0.2:6443; worker node
+//! namespaces, each running `podnet kubelet` (pod runtime) and `podnet agent`; pod
+//! namespaces made by the pod runtimes; an external host (172.18.0.200) standing for the
+//! outside world. The lab's namespaces have no route off the machine.
+//!
+//! The CLI talks to the lab's API from inside the control-plane namespace (a thread that
+//! entered it runs a single-threaded tokio runtime), so the host's own network namespace
+//! never needs an address, route or forwarded port.
+
+mod apply;
+mod check;
+mod net;
+mod state;
+mod status;
+pub mod topology;
+mod up;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use podnet_netlink::netns;
+use state::LabRecord;
+use std::time::Duration;
+use topology::Topology;
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Build a lab: underlay, control plane, worker nodes, external host, default pods.
+    Up(UpArgs),
+    /// Remove everything a lab made (also after a crash).
+    Down {
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+    /// Nodes, pods and services of a lab, as tables.
+    Status {
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+    /// Create or update the objects of a multi-document Kubernetes YAML file.
+    Apply {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+    },
+    /// Delete the objects named in a multi-document Kubernetes YAML file.
+    Delete {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+    },
+    /// Prove the networking model with real traffic; exits non-zero on any failure.
+    Check {
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+    /// Run kubectl against the lab (arguments after `--`).
+    Kubectl {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// List the labs on this machine.
+    List,
+}
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+    /// Worker nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// How pods reach pods on other nodes: host-gw (direct routes) or vxlan (overlay).
+    #[arg(long, default_value = "host-gw", value_parser = ["host-gw", "vxlan"])]
+    pub mode: String,
+    /// Do not deploy the default pods.
+    #[arg(long)]
+    pub no_workload: bool,
+}
+
+pub fn run(cmd: LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Up(a) => up::up(&a),
+        LabCmd::Down { name } => down(&name),
+        LabCmd::Status { name } => {
+            let t = existing(&name)?;
+            with_api(&t, |c| async move { status::print(&c).await })
+        }
+        LabCmd::Apply { name, file } => {
+            let t = existing(&name)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            with_api(&t, |c| async move { apply::apply(&c, &text).await })
+        }
+        LabCmd::Delete { name, file } => {
+            let t = existing(&name)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            with_api(&t, |c| async move { apply::delete(&c, &text).await })
+        }
+        LabCmd::Check { name } => {
+            let t = existing(&name)?;
+            check::run(&t)
+        }
+        LabCmd::Kubectl { name, args } => kubectl(&existing(&name)?, &args),
+        LabCmd::List => {
+            for name in state::list_labs() {
+                let rec = LabRecord::load(&name)?.unwrap_or_default();
+                println!("{name}\t{} nodes\t{}", rec.nodes, rec.mode);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The topology of an existing lab, from its record.
+fn existing(name: &str) -> Result<Topology> {
+    topology::validate_lab_name(name).map_err(anyhow::Error::msg)?;
+    let rec = LabRecord::load(name)?
+        .with_context(|| format!("no lab named {name} (podnet lab up --name {name})"))?;
+    topology::plan_topology(name, rec.nodes).map_err(anyhow::Error::msg)
+}
+
+/// Runs `f` with a client of the lab's API, from inside the control-plane namespace.
+pub fn with_api<T, F, Fut>(t: &Topology, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(kube::Client) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let ns = netns::open(netns::named_path(&t.control_plane.netns))
+        .with_context(|| format!("lab {} has no control-plane namespace", t.lab))?;
+    let url = t.api_url();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _inside = netns::enter(&ns)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = client(&url)?;
+                f(client).await
+            })
+        })
+        .join()
+        .expect("lab API thread panicked")
+    })
+}
+
+pub fn client(url: &str) -> Result<kube::Client> {
+    let mut config = kube::Config::new(url.parse().context("API URL")?);
+    config.read_timeout = Some(Duration::from_secs(300));
+    config.connect_timeout = Some(Duration::from_secs(5));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `lab down`: stop every process inside the lab's namespaces, delete the namespaces (pods'
+/// included, found by the lab's prefix), remove the lab's directory.
+pub fn down(name: &str) -> Result<()> {
+    topology::validate_lab_name(name).map_err(anyhow::Error::msg)?;
+    let prefix = topology::prefix(name);
+    let rec = LabRecord::load(name)?;
+    let mut namespaces = net::namespaces_with_prefix(&prefix);
+    if let Some(r) = &rec {
+        for n in &r.namespaces {
+            if !namespaces.contains(n) && netns::named_path(n).exists() {
+                namespaces.push(n.clone());
+            }
+        }
+    }
+    if rec.is_none() && namespaces.is_empty() {
+        println!("lab {name}: nothing to remove");
+        return Ok(());
+    }
+    let pids = net::processes_in(&namespaces);
+    net::stop_processes(&pids, Duration::from_secs(3));
+    let mut errors = Vec::new();
+    // Pods first, then nodes, the underlay last.
+    namespaces.sort_by_key(|n| (!n.contains("-pod-"), n.ends_with("-underlay")));
+    for n in &namespaces {
+        if let Err(e) = netns::delete_named(n)
+            && !e.is_not_found()
+        {
+            errors.push(format!("{n}: {e}"));
+        }
+    }
+    let dir = state::lab_dir(name);
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        errors.push(format!("{}: {e}", dir.display()));
+    }
+    if !errors.is_empty() {
+        bail!("lab {name}: could not remove: {}", errors.join("; "));
+    }
+    println!(
+        "lab {name}: stopped {} processes, removed {} namespaces",
+        pids.len(),
+        namespaces.len()
+    );
+    Ok(())
+}
+
+/// `kubectl` inside the control-plane namespace, with the lab's kubeconfig.
+fn kubectl(t: &Topology, args: &[String]) -> Result<()> {
+    let kubeconfig = state::lab_dir(&t.lab).join("kubeconfig");
+    let ns = netns::open(netns::named_path(&t.control_plane.netns))?;
+    let status = std::thread::scope(|s| {
+        s.spawn(|| -> Result<std::process::ExitStatus> {
+            let _inside = netns::enter(&ns)?;
+            std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(args)
+                .status()
+                .context("run kubectl (is it installed? ./scripts/setup)")
+        })
+        .join()
+        .expect("kubectl thread panicked")
+    })?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// A kubeconfig for the lab's API (plain http, no credentials — the lab's control plane
+/// is reachable only from inside the lab).
+pub fn render_kubeconfig(t: &Topology) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {lab}\n  cluster:\n    server: {url}\ncontexts:\n- name: {lab}\n  context:\n    cluster: {lab}\n    user: {lab}\n    namespace: default\nusers:\n- name: {lab}\n  user: {{}}\ncurrent-context: {lab}\n",
+        lab = t.lab,
+        url = t.api_url()
+    )
+}

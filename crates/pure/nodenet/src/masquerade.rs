@@ -1,0 +1,74 @@
+//! Pure: the masquerade ruleset — pod egress leaving the cluster takes the node's
+//! address; nothing else is NATed.
+//!
+//! Contract: podnet's agent owns table `ip podnet-nat` outright (nothing else writes
+//! there) and replaces it whole in one `nft -f` transaction (`add table`, `delete table`,
+//! then the definition: atomic, so a failing script changes nothing and there is never a
+//! moment without the rule; established flows keep their conntrack NAT bindings).
+//! - set `node-ips` (ipv4_addr): every node's InternalIP — pod → node traffic keeps the
+//!   pod address (Kubernetes model: nodes see pods by their real IPs).
+//! - chain `postrouting`: type nat, hook postrouting, priority srcnat (100) — the same
+//!   place as iptables' `POSTROUTING` in the nat table, where flannel and kube-proxy's
+//!   masquerade rules live. One rule: source in the cluster CIDR, destination neither in
+//!   the cluster CIDR nor a node IP → `masquerade` (the outgoing link's address, i.e. the
+//!   node IP on the underlay).
+//!
+//! flannel's equivalent is several iptables rules in shared chains (`FLANNEL-POSTRTG`),
+//! re-checked one by one; here the whole table is one transaction with a set lookup.
+
+use ipnet::Ipv4Net;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+/// The nftables table the agent owns.
+pub const MASQUERADE_TABLE: &str = "podnet-nat";
+/// The named set of node IPs in it.
+pub const NODE_IPS_SET: &str = "node-ips";
+
+/// The `nft -f -` script that atomically replaces table `ip podnet-nat`:
+///
+/// ```text
+/// add table ip podnet-nat
+/// delete table ip podnet-nat
+/// table ip podnet-nat {
+///     set node-ips {
+///         type ipv4_addr
+///         elements = { 192.168.50.11, 192.168.50.12 }
+///     }
+///     chain postrouting {
+///         type nat hook postrouting priority srcnat; policy accept;
+///         ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != @node-ips masquerade
+///     }
+/// }
+/// ```
+/// Node IPs are sorted and deduplicated, so equal inputs render equal text.
+pub fn render_masquerade(cluster_cidr: Ipv4Net, node_ips: &[Ipv4Addr]) -> String {
+    let cidr = cluster_cidr.trunc();
+    let mut ips: Vec<Ipv4Addr> = node_ips.to_vec();
+    ips.sort();
+    ips.dedup();
+    let t = MASQUERADE_TABLE;
+    let mut s = String::new();
+    let _ = writeln!(s, "add table ip {t}");
+    let _ = writeln!(s, "delete table ip {t}");
+    let _ = writeln!(s, "table ip {t} {{");
+    let _ = writeln!(s, "\tset {NODE_IPS_SET} {{");
+    let _ = writeln!(s, "\t\ttype ipv4_addr");
+    if !ips.is_empty() {
+        let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "\tchain postrouting {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    let _ = writeln!(
+        s,
+        "\t\tip saddr {cidr} ip daddr != {cidr} ip daddr != @{NODE_IPS_SET} masquerade"
+    );
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "}}");
+    s
+}
