@@ -149,3 +149,156 @@ fn lab_down_cleans_up_after_a_killed_lab_up() {
     lab.ok(&["down"]);
     assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
 }
+
+fn routes_in(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "route", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pod namespace holding `ip`.
+fn pod_netns(lab: &Lab, ip: &str) -> String {
+    lab.namespaces()
+        .into_iter()
+        .filter(|n| n.contains("-pod-"))
+        .find(|n| {
+            let out = Command::new("ip")
+                .args(["-n", n, "-4", "addr"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/"))
+        })
+        .unwrap_or_else(|| panic!("no pod namespace has {ip}"))
+}
+
+fn pod_ip_on(lab: &Lab, node: &str) -> String {
+    let out = lab.ok(&[
+        "kubectl",
+        "--",
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.podIP} {.spec.nodeName}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 3 && f[0].starts_with("echo") && f[2] == node)
+        .map(|f| f[1].to_string())
+        .unwrap_or_else(|| panic!("no echo pod on {node}:\n{out}"))
+}
+
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let fd = podnet_netlink::netns::open(podnet_netlink::netns::named_path(ns)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _g = podnet_netlink::netns::enter(&fd).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A node leaves (its Node object is deleted): the other node's route to its pods goes.
+/// It comes back with the same pod CIDR: the route returns and the model holds again. Then
+/// the agent is killed and restarted while a TCP connection crosses the nodes: the
+/// connection survives and nothing is reprogrammed.
+#[test]
+fn node_leaves_and_returns_and_an_agent_restart_keeps_connections() {
+    use std::io::{Read, Write};
+    let lab = Lab::up("n", &["--nodes", "2"]);
+    let ns1 = format!("pn-{}-node-1", lab.name);
+    wait_for("a route to node-2's pods", || {
+        routes_in(&ns1).contains("10.244.1.0/24 via 172.18.0.12")
+    });
+
+    let node2 = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-2\n  labels: {kubernetes.io/hostname: node-2}\nspec:\n  podCIDR: 10.244.1.0/24\n  podCIDRs: [10.244.1.0/24]\nstatus:\n  addresses: [{type: InternalIP, address: 172.18.0.12}]\n  conditions: [{type: Ready, status: \"True\"}]\n";
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), node2).unwrap();
+    let file = f.path().to_str().unwrap();
+    lab.ok(&["delete", "-f", file]);
+    wait_for("node-2's route to go", || {
+        !routes_in(&ns1).contains("10.244.1.0/24")
+    });
+    lab.ok(&["apply", "-f", file]);
+    wait_for("node-2's route to return", || {
+        routes_in(&ns1).contains("10.244.1.0/24 via 172.18.0.12")
+    });
+    lab.ok(&["check"]);
+
+    // A connection from a pod on node-1 to a listener in a pod on node-2.
+    let (ip1, ip2) = (pod_ip_on(&lab, "node-1"), pod_ip_on(&lab, "node-2"));
+    let (pns1, pns2) = (pod_netns(&lab, &ip1), pod_netns(&lab, &ip2));
+    let listener = in_netns(&pns2, || {
+        std::net::TcpListener::bind((ip2.as_str(), 7000)).unwrap()
+    });
+    let mut client = in_netns(&pns1, || {
+        std::net::TcpStream::connect((ip2.as_str(), 7000)).unwrap()
+    });
+    let (mut server, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), ip1, "no NAT between pods");
+    client.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).unwrap();
+
+    // Kill node-1's agent and start it again with the same command line.
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/podnet/labs/{}/lab.json", lab.name)).unwrap(),
+    )
+    .unwrap();
+    let pid = rec["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "agent" && p["member"] == "node-1")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let routes_before = routes_in(&ns1);
+    let mut agent = in_netns(&ns1, || {
+        Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        agent.try_wait().unwrap(),
+        None,
+        "the restarted agent exited"
+    );
+    client.write_all(b"after!").unwrap();
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after!");
+    assert_eq!(
+        routes_in(&ns1),
+        routes_before,
+        "a restart must not reprogram routes"
+    );
+    lab.ok(&["check"]);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
