@@ -1,5 +1,6 @@
-//! Orchestration: CNI — the plugin edge (`plugin`), what each verb does to the kernel
-//! (`bridge`), and a runtime that executes conflists the way libcni does (`runtime`).
+//! Orchestration: CNI — the plugin edge (`plugin`) and what each verb does to the kernel
+//! (`bridge`). The runtime side (running conflists the way libcni does) is
+//! `podnet_kubelet::cni`.
 
 pub mod bridge;
 pub mod plugin;
