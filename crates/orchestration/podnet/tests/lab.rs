@@ -214,25 +214,50 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// the agent is killed and restarted while a TCP connection crosses the nodes: the
 /// connection survives and nothing is reprogrammed.
 #[test]
-fn node_leaves_and_returns_and_an_agent_restart_keeps_connections() {
+fn host_gw_node_leaves_and_returns_and_an_agent_restart_keeps_connections() {
+    node_leaves_and_returns("host-gw", "n", |cidr| format!("{cidr} via 172.18.0.12"));
+}
+
+#[test]
+fn vxlan_node_leaves_and_returns_and_an_agent_restart_keeps_connections() {
+    node_leaves_and_returns("vxlan", "x", |cidr| {
+        let network = cidr.split('/').next().unwrap_or_default();
+        format!("{cidr} via {network} dev podnet.vxlan")
+    });
+}
+
+/// `route(podCIDR)`: the route node-1 must have to node-2's pods.
+fn node_leaves_and_returns(mode: &str, tag: &str, route: fn(&str) -> String) {
     use std::io::{Read, Write};
-    let lab = Lab::up("n", &["--nodes", "2"]);
+    let lab = Lab::up(tag, &["--nodes", "2", "--mode", mode]);
+    // Which /24 node-2 got depends on the order the nodes registered in.
+    let cidr = lab.ok(&[
+        "kubectl",
+        "--",
+        "get",
+        "node",
+        "node-2",
+        "-o",
+        "jsonpath={.spec.podCIDR}",
+    ]);
+    let cidr = cidr.trim();
+    let route = &route(cidr);
     let ns1 = format!("pn-{}-node-1", lab.name);
     wait_for("a route to node-2's pods", || {
-        routes_in(&ns1).contains("10.244.1.0/24 via 172.18.0.12")
+        routes_in(&ns1).contains(route)
     });
 
-    let node2 = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-2\n  labels: {kubernetes.io/hostname: node-2}\nspec:\n  podCIDR: 10.244.1.0/24\n  podCIDRs: [10.244.1.0/24]\nstatus:\n  addresses: [{type: InternalIP, address: 172.18.0.12}]\n  conditions: [{type: Ready, status: \"True\"}]\n";
+    let node2 = format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-2\n  labels: {{kubernetes.io/hostname: node-2}}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidr}]\nstatus:\n  addresses: [{{type: InternalIP, address: 172.18.0.12}}]\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+    );
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), node2).unwrap();
     let file = f.path().to_str().unwrap();
     lab.ok(&["delete", "-f", file]);
-    wait_for("node-2's route to go", || {
-        !routes_in(&ns1).contains("10.244.1.0/24")
-    });
+    wait_for("node-2's route to go", || !routes_in(&ns1).contains(cidr));
     lab.ok(&["apply", "-f", file]);
     wait_for("node-2's route to return", || {
-        routes_in(&ns1).contains("10.244.1.0/24 via 172.18.0.12")
+        routes_in(&ns1).contains(route)
     });
     lab.ok(&["check"]);
 
