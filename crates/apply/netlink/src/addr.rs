@@ -70,12 +70,7 @@ impl Netlink {
 impl Op {
     /// Adds `net` to link `index` (IPv6 without DAD, see [`Netlink::add_address`]).
     pub fn add_address(index: u32, net: IpNet) -> Op {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(net.addr());
-        msg.header.prefix_len = net.prefix_len();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(net.addr()));
-        msg.attributes.push(AddressAttribute::Address(net.addr()));
+        let mut msg = address_message(index, net);
         if net.addr().is_ipv6() {
             msg.header.flags = AddressHeaderFlags::Nodad;
             msg.attributes
@@ -90,18 +85,24 @@ impl Op {
 
     /// Removes `net` from link `index`; `NotFound` if it is not there.
     pub fn delete_address(index: u32, net: IpNet) -> Op {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(net.addr());
-        msg.header.prefix_len = net.prefix_len();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(net.addr()));
-        msg.attributes.push(AddressAttribute::Address(net.addr()));
+        let msg = address_message(index, net);
         Op::new(
             RouteNetlinkMessage::DelAddress(msg),
             0,
             format!("delete address {net} from link #{index}"),
         )
     }
+}
+
+/// The message naming address `net` on link `index`, as both add and delete send it.
+fn address_message(index: u32, net: IpNet) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(net.addr());
+    msg.header.prefix_len = net.prefix_len();
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(net.addr()));
+    msg.attributes.push(AddressAttribute::Address(net.addr()));
+    msg
 }
 
 pub(crate) fn family(ip: IpAddr) -> AddressFamily {

@@ -42,14 +42,7 @@ impl Lab {
     }
 
     fn namespaces(&self) -> Vec<String> {
-        let prefix = format!("pn-{}-", self.name);
-        std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect()
+        namespaces_of(&self.name)
     }
 
     fn apply(&self, yaml: &str) -> Output {
@@ -65,6 +58,18 @@ impl Drop for Lab {
             .args(["lab", "down", "--name", &self.name])
             .output();
     }
+}
+
+/// The network namespaces of lab `name`.
+fn namespaces_of(name: &str) -> Vec<String> {
+    let prefix = format!("pn-{name}-");
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
 }
 
 fn text(o: &Output) -> String {
@@ -106,13 +111,7 @@ fn lab_proves_the_model(mode: &str, tag: &str) {
 
     let name = lab.name.clone();
     drop(lab);
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&format!("pn-{name}-")))
-        .collect();
+    let left = namespaces_of(&name);
     assert!(left.is_empty(), "lab down left namespaces: {left:?}");
     assert!(!std::path::Path::new(&format!("/run/podnet/labs/{name}")).exists());
 }

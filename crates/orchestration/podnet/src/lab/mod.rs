@@ -7,8 +7,8 @@
 //! namespaces made by the pod runtimes; an external host (172.18.0.200) standing for the
 //! outside world. The lab's namespaces have no route off the machine.
 //!
-//! The CLI talks to the lab's API from inside the control-plane namespace (a thread that
-//! entered it runs a single-threaded tokio runtime), so the host's own network namespace
+//! The CLI talks to the lab's API from inside the control-plane namespace (the calling
+//! thread enters it and runs a single-threaded tokio runtime there), so the host's own network namespace
 //! never needs an address, route or forwarded port.
 
 mod apply;
@@ -131,27 +131,22 @@ fn existing(name: &str) -> Result<Topology> {
 /// Runs `f` with a client of the lab's API, from inside the control-plane namespace.
 pub fn with_api<T, F, Fut>(t: &Topology, f: F) -> Result<T>
 where
-    T: Send,
-    F: FnOnce(kube::Client) -> Fut + Send,
+    F: FnOnce(kube::Client) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let ns = netns::open(netns::named_path(&t.control_plane.netns))
         .with_context(|| format!("lab {} has no control-plane namespace", t.lab))?;
     let url = t.api_url();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _inside = netns::enter(&ns)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let client = client(&url)?;
-                f(client).await
-            })
+    // A current-thread runtime opens every socket on this thread, inside the namespace.
+    netns::run_in(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let client = client(&url)?;
+            f(client).await
         })
-        .join()
-        .expect("lab API thread panicked")
-    })
+    })?
 }
 
 pub fn client(url: &str) -> Result<kube::Client> {
@@ -212,19 +207,14 @@ pub fn down(name: &str) -> Result<()> {
 fn kubectl(t: &Topology, args: &[String]) -> Result<()> {
     let kubeconfig = state::lab_dir(&t.lab).join("kubeconfig");
     let ns = netns::open(netns::named_path(&t.control_plane.netns))?;
-    let status = std::thread::scope(|s| {
-        s.spawn(|| -> Result<std::process::ExitStatus> {
-            let _inside = netns::enter(&ns)?;
-            std::process::Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(args)
-                .status()
-                .context("run kubectl (is it installed? ./scripts/setup)")
-        })
-        .join()
-        .expect("kubectl thread panicked")
-    })?;
+    let status = netns::run_in(&ns, || {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .status()
+            .context("run kubectl (is it installed? ./scripts/setup)")
+    })??;
     if !status.success() {
         std::process::exit(status.code().unwrap_or(1));
     }

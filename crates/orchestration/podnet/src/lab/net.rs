@@ -89,15 +89,9 @@ pub fn spawn_in(
         .stdout(out.try_clone()?)
         .stderr(out)
         .process_group(0);
-    let child = std::thread::scope(|s| {
-        s.spawn(|| -> Result<std::process::Child> {
-            let _inside = netns::enter(&fd)?;
-            Ok(cmd.spawn()?)
-        })
-        .join()
-        .expect("spawn thread panicked")
-    })
-    .with_context(|| format!("start {} in {ns}", exe.display()))?;
+    // A child inherits the network namespace of the thread that spawns it.
+    let child = netns::run_in(&fd, || cmd.spawn())?
+        .with_context(|| format!("start {} in {ns}", exe.display()))?;
     Ok(child.id())
 }
 
