@@ -35,7 +35,7 @@ impl ApiError {
         }
     }
 
-    fn on(mut self, kind: Kind, name: &str) -> Self {
+    pub(crate) fn on(mut self, kind: Kind, name: &str) -> Self {
         self.kind = Some(kind.plural().to_string());
         self.name = Some(name.to_string());
         self

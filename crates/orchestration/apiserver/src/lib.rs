@@ -24,14 +24,17 @@
 //!   key); server-side apply is refused with 415;
 //! - deletion is immediate: no graceful termination, no finalizers, no garbage collector
 //!   (a namespace's objects and a Service's EndpointSlices are deleted with it);
-//! - no authentication, authorization, TLS, OpenAPI documents (404) or aggregated
-//!   discovery (the legacy form is returned, which kubectl accepts);
+//! - no authentication, authorization, TLS or aggregated discovery (the legacy form is
+//!   returned, which kubectl accepts); OpenAPI documents carry only what kubectl needs to
+//!   create with validation on (`openapi`), not the full schemas;
 //! - `limit`/`continue` are ignored: a list returns everything in one page, which kube's
 //!   pager accepts (no continue token);
-//! - unknown fields are dropped silently (as with `fieldValidation=Ignore`).
+//! - `fieldValidation` (Strict, Warn — the default —, Ignore) is honoured on create and
+//!   update; a patch's unknown fields are dropped (as with Ignore).
 
 mod controllers;
 mod error;
+mod openapi;
 mod patch;
 mod resource;
 mod store;
@@ -131,6 +134,18 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// Adds one `Warning: 299 - "…"` header per warning, as the real API server does (kubectl
+/// prints them as `Warning: …`).
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::from(w.as_str()));
+        if let Ok(h) = http::HeaderValue::from_str(&text) {
+            r.headers_mut().append(http::header::WARNING, h);
+        }
+    }
+    r
+}
+
 fn error_response(e: &ApiError) -> Response {
     json_response(
         StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -155,6 +170,28 @@ fn route(
     match segs[..] {
         ["version"] => ok(table::version()),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["openapi", "v3"] => ok(openapi::v3_index()),
+        ["openapi", "v3", ref gv @ ..] => openapi::v3_group_version(&gv.join("/"))
+            .map_or_else(|| Err(ApiError::not_found_path(path)), ok),
+        ["openapi", "v2"] => {
+            let accept = headers
+                .get(http::header::ACCEPT)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            if accept.contains("protobuf") {
+                Ok((
+                    StatusCode::OK,
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    )],
+                    openapi::v2_protobuf(),
+                )
+                    .into_response())
+            } else {
+                ok(openapi::v2_json())
+            }
+        }
         ["api"] => ok(table::api_versions()),
         ["apis"] => ok(table::api_group_list()),
         ["api", "v1"] => ok(table::resource_list("").expect("core group")),
@@ -226,6 +263,8 @@ fn resource(
         .get(http::header::CONTENT_TYPE)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("application/json");
+    let field_validation =
+        || validate::FieldValidation::from_query(query.get("fieldValidation").map(String::as_str));
     let nsr = ns.as_deref();
     let lock = || app.store.lock().unwrap_or_else(|e| e.into_inner());
     let one = |code: StatusCode, v: &Value, rv: u64| {
@@ -294,15 +333,17 @@ fn resource(
                 ));
             }
             let body = parse_json(body)?;
+            let warnings = field_validation()?.check(kind, &body)?;
             let mut s = lock();
             let v = s.create(kind, nsr, body)?;
-            Ok(one(StatusCode::CREATED, &v, s.rv))
+            Ok(with_warnings(one(StatusCode::CREATED, &v, s.rv), &warnings))
         }
         (&Method::PUT, Some(n)) => {
             let body = parse_json(body)?;
+            let warnings = field_validation()?.check(kind, &body)?;
             let mut s = lock();
             let v = s.update(kind, nsr, n, body, status)?;
-            Ok(one(StatusCode::OK, &v, s.rv))
+            Ok(with_warnings(one(StatusCode::OK, &v, s.rv), &warnings))
         }
         (&Method::PATCH, Some(n)) => {
             let body = parse_json(body)?;

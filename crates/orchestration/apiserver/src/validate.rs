@@ -108,6 +108,96 @@ pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
     }
 }
 
+/// What the server does with fields the kind's type does not know (`?fieldValidation=`), as
+/// the real API server: Strict refuses the write, Warn (the default) accepts it and says so
+/// in `Warning` headers, Ignore drops them silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValidation {
+    Strict,
+    Warn,
+    Ignore,
+}
+
+impl FieldValidation {
+    pub fn from_query(value: Option<&str>) -> ApiResult<Self> {
+        match value {
+            None | Some("") | Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", not {other:?}"
+            ))),
+        }
+    }
+
+    /// The warnings to send with a successful write of `v`, or the Strict refusal.
+    pub fn check(self, kind: Kind, v: &Value) -> ApiResult<Vec<String>> {
+        if self == Self::Ignore {
+            return Ok(Vec::new());
+        }
+        let unknown: Vec<String> = unknown_fields(kind, v)
+            .into_iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        if self == Self::Strict && !unknown.is_empty() {
+            let k = kind.kind();
+            return Err(ApiError::bad_request(format!(
+                "{k} in version \"v1\" cannot be handled as a {k}: strict decoding error: {}",
+                unknown.join(", ")
+            ))
+            .on(kind, &raw_name(v)));
+        }
+        Ok(unknown)
+    }
+}
+
+/// Paths (`spec.foo`, `spec.ports[0].bar`) present in `v` that the kind's type does not
+/// know: what the typed round trip drops. Empty when `v` does not decode at all (admission
+/// reports that, naming the path).
+pub fn unknown_fields(kind: Kind, v: &Value) -> Vec<String> {
+    fn round<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
+        serde_json::from_value::<T>(v.clone())
+            .ok()
+            .and_then(|t| serde_json::to_value(t).ok())
+    }
+    fn diff(input: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+        match (input, kept) {
+            (Value::Object(i), Value::Object(k)) => {
+                for (key, iv) in i.iter().filter(|(_, iv)| !iv.is_null()) {
+                    let p = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    match k.get(key) {
+                        Some(kv) => diff(iv, kv, &p, out),
+                        None => out.push(p),
+                    }
+                }
+            }
+            (Value::Array(i), Value::Array(k)) => {
+                for (n, (iv, kv)) in i.iter().zip(k).enumerate() {
+                    diff(iv, kv, &format!("{path}[{n}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let kept = match kind {
+        Kind::Namespace => round::<Namespace>(v),
+        Kind::Node => round::<Node>(v),
+        Kind::Pod => round::<Pod>(v),
+        Kind::Service => round::<Service>(v),
+        Kind::EndpointSlice => round::<EndpointSlice>(v),
+        Kind::NetworkPolicy => round::<NetworkPolicy>(v),
+    };
+    let mut out = Vec::new();
+    if let Some(kept) = kept {
+        diff(v, &kept, "", &mut out);
+    }
+    out
+}
+
 fn cause(field: impl Into<String>, message: impl Into<String>) -> Cause {
     Cause {
         field: field.into(),
@@ -389,5 +479,57 @@ fn np_ports(causes: &mut Vec<Cause>, field: &str, ports: Option<&[NetworkPolicyP
             )),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_named_by_path() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "labels": {"any": "label"}, "bogus": 1},
+            "spec": {"ports": [{"port": 80}, {"port": 81, "targetPrt": 8081}],
+                     "selector": {"app": "web"}, "clusterIP": null, "typo": "x"}});
+        assert_eq!(
+            unknown_fields(Kind::Service, &svc),
+            ["metadata.bogus", "spec.ports[1].targetPrt", "spec.typo"]
+        );
+        let clean =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}, "spec": {}});
+        assert!(unknown_fields(Kind::Namespace, &clean).is_empty());
+        // A body that does not decode is admission's to report, with its path.
+        assert!(unknown_fields(Kind::Service, &json!({"spec": {"ports": "no"}})).is_empty());
+    }
+
+    #[test]
+    fn field_validation_modes() {
+        let bad = json!({"metadata": {"name": "x"}, "spec": {"typo": 1}});
+        assert_eq!(
+            FieldValidation::from_query(None).unwrap(),
+            FieldValidation::Warn
+        );
+        assert!(FieldValidation::from_query(Some("strict")).is_err());
+        let e = FieldValidation::Strict
+            .check(Kind::Namespace, &bad)
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(
+            e.message
+                .contains("strict decoding error: unknown field \"spec.typo\""),
+            "{e}"
+        );
+        assert_eq!(
+            FieldValidation::Warn.check(Kind::Namespace, &bad).unwrap(),
+            ["unknown field \"spec.typo\""]
+        );
+        assert!(
+            FieldValidation::Ignore
+                .check(Kind::Namespace, &bad)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -1,17 +1,46 @@
-//! Orchestration test: the real kubectl (v1.32, /usr/bin/kubectl) against `serve` on
-//! 127.0.0.1 with a temporary kubeconfig (plain HTTP, no auth). The server publishes no
-//! OpenAPI document (404), so `kubectl create` needs `--validate=false`: client-side schema
-//! validation is replaced by the server's own (which names the field, as tested below).
+//! Orchestration test: real kubectls against `serve` on 127.0.0.1 with a temporary
+//! kubeconfig (plain HTTP, no auth), each with its default validation: the machine's
+//! `/usr/bin/kubectl` (Google's 1.32 here; server-side `fieldValidation=Strict` through the
+//! OpenAPI v3 documents) and Debian's kubernetes-client 1.20 (client-side validation from
+//! the OpenAPI v2 document), which `scripts/setup` unpacks to [`DEBIAN_KUBECTL`].
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Where `scripts/setup` unpacks Debian's kubernetes-client (without installing it, so it
+/// never replaces a kubectl the machine already has).
+const DEBIAN_KUBECTL: &str = "/var/cache/podnet/kubernetes-client/usr/bin/kubectl";
+
+/// Every kubectl the test runs against the server: each must be present.
+fn kubectls() -> Vec<&'static str> {
+    let all = ["/usr/bin/kubectl", DEBIAN_KUBECTL];
+    for k in all {
+        assert!(Path::new(k).exists(), "{k} missing: run ./scripts/setup");
+    }
+    all.to_vec()
+}
+
+fn minor_version(bin: &str) -> u32 {
+    let out = Command::new(bin)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["clientVersion"]["minor"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('+')
+        .parse()
+        .unwrap()
+}
+
 struct Kubectl {
+    bin: &'static str,
     dir: tempfile::TempDir,
 }
 
 impl Kubectl {
-    async fn start() -> Self {
+    async fn start(bin: &'static str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(podnet_apiserver::serve(
@@ -28,7 +57,7 @@ impl Kubectl {
             ),
         )
         .unwrap();
-        Kubectl { dir }
+        Kubectl { bin, dir }
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
@@ -40,8 +69,9 @@ impl Kubectl {
         let config = self.path("config");
         let cache = self.path("cache");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let bin = self.bin;
         tokio::task::spawn_blocking(move || {
-            Command::new("/usr/bin/kubectl")
+            Command::new(bin)
                 .arg(format!("--kubeconfig={}", config.display()))
                 .arg(format!("--cache-dir={}", cache.display()))
                 .args(&args)
@@ -57,7 +87,8 @@ impl Kubectl {
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),
-            "kubectl {args:?} failed:\n{stdout}\n{}",
+            "{} {args:?} failed:\n{stdout}\n{}",
+            self.bin,
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
@@ -109,12 +140,15 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_get_delete() {
-    let k = Kubectl::start().await;
+    for bin in kubectls() {
+        create_get_delete(Kubectl::start(bin).await).await;
+    }
+}
+
+async fn create_get_delete(k: Kubectl) {
     let file = k.path("app.yaml");
     write(&file, MANIFEST);
-    let out = k
-        .ok(&["create", "--validate=false", "-f", file.to_str().unwrap()])
-        .await;
+    let out = k.ok(&["create", "-f", file.to_str().unwrap()]).await;
     assert!(
         out.contains("pod/echo created") && out.contains("service/echo created"),
         "{out}"
@@ -165,15 +199,18 @@ async fn kubectl_create_get_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_bad_manifest_names_the_field() {
-    let k = Kubectl::start().await;
+    for bin in kubectls() {
+        bad_manifest_names_the_field(Kubectl::start(bin).await).await;
+    }
+}
+
+async fn bad_manifest_names_the_field(k: Kubectl) {
     let file = k.path("bad.yaml");
     write(
         &file,
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - port: 70000\n    protocol: TCP\n",
     );
-    let out = k
-        .run(&["create", "--validate=false", "-f", file.to_str().unwrap()])
-        .await;
+    let out = k.run(&["create", "-f", file.to_str().unwrap()]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -182,4 +219,37 @@ async fn kubectl_bad_manifest_names_the_field() {
     );
     let svc = k.ok(&["get", "svc"]).await;
     assert!(!svc.contains("bad"), "{svc}");
+}
+
+/// A field the types do not know: kubectl ≥ 1.27 asks for Strict and the server refuses the
+/// object, naming the field; kubectl 1.20 sends no fieldValidation, so the server's default
+/// (Warn) creates it without the field and kubectl prints the warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_unknown_field() {
+    for bin in kubectls() {
+        let k = Kubectl::start(bin).await;
+        let file = k.path("typo.yaml");
+        write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: typo\nspec:\n  selector:\n    app: x\n  ports:\n  - port: 80\n    targetPrt: 8080\n",
+        );
+        let out = k.run(&["create", "-f", file.to_str().unwrap()]).await;
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let svc = k.ok(&["get", "svc"]).await;
+        if minor_version(bin) >= 27 {
+            assert!(!out.status.success(), "{bin}: {err}");
+            assert!(
+                err.contains("strict decoding error: unknown field \"spec.ports[0].targetPrt\""),
+                "{bin}: {err}"
+            );
+            assert!(!svc.contains("typo"), "{bin}: {svc}");
+        } else {
+            assert!(out.status.success(), "{bin}: {err}");
+            assert!(
+                err.contains("Warning: unknown field \"spec.ports[0].targetPrt\""),
+                "{bin}: {err}"
+            );
+            assert!(svc.contains("typo"), "{bin}: {svc}");
+        }
+    }
 }

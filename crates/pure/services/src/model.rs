@@ -1,0 +1,507 @@
+//! Pure: (Services, EndpointSlices, this node) → the service ports this node programs, each
+//! with its endpoints per kind of traffic. Invariant: the output is sorted and a function of
+//! the input only (same snapshot, same plan), and a bad Service yields a [`Problem`] and no
+//! [`ServicePort`], never a partial one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// Services carrying this label belong to another proxy (kube-proxy skips them too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label linking an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API's default, 3 h).
+const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(s: Option<&str>) -> Option<Protocol> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// Identifies one port of one Service, as kube-proxy's `ServicePortName`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortName {
+    pub namespace: String,
+    pub service: String,
+    /// The port's name ("" for a Service's single unnamed port).
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortName {
+    /// `ns/name/tcp/port` (`ns/name/tcp` for an unnamed port).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.namespace,
+            self.service,
+            self.protocol.as_str()
+        )?;
+        if !self.port.is_empty() {
+            write!(f, "/{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// One endpoint of a service port: where a connection is DNATed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// On this node (its slice entry's `nodeName`): a pod that may reach itself through its
+    /// own Service (hairpin), which needs masquerading.
+    pub local: bool,
+}
+
+/// What this node programs for one (Service, port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: PortName,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    /// `spec.ports[].nodePort` (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip`, IPv4 only, sorted.
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `sessionAffinity: ClientIP`: the affinity timeout in seconds.
+    pub affinity_seconds: Option<u32>,
+    /// `externalTrafficPolicy: Local` on an externally reachable Service: external traffic
+    /// keeps its source IP and goes only to this node's endpoints.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: cluster-IP traffic goes only to this node's endpoints.
+    pub internal_local: bool,
+    /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
+    /// Endpoints for traffic under the Cluster policy (ready ones anywhere; if none,
+    /// serving-and-terminating ones). Empty when no policy of this port uses them.
+    pub cluster_endpoints: Vec<Endpoint>,
+    /// This node's endpoints for traffic under a Local policy (ready ones; if none,
+    /// serving-and-terminating ones). Empty when no policy of this port uses them.
+    pub local_endpoints: Vec<Endpoint>,
+    /// Whether any usable endpoint exists anywhere: without one, connections are refused.
+    pub has_endpoints: bool,
+}
+
+impl ServicePort {
+    /// Endpoints for traffic to the cluster IP.
+    pub fn internal_endpoints(&self) -> &[Endpoint] {
+        if self.internal_local {
+            &self.local_endpoints
+        } else {
+            &self.cluster_endpoints
+        }
+    }
+
+    /// Endpoints for traffic arriving at a node port, an external or a load-balancer IP.
+    pub fn external_endpoints(&self) -> &[Endpoint] {
+        if self.external_local {
+            &self.local_endpoints
+        } else {
+            &self.cluster_endpoints
+        }
+    }
+}
+
+/// A Service (or slice) podnet cannot program: reported (log, metric) and skipped.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// `Service ns/name` or `EndpointSlice ns/name`.
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// The node the plan is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeContext {
+    pub node_name: String,
+}
+
+/// What the plan reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    pub services: &'a [Service],
+    pub slices: &'a [EndpointSlice],
+}
+
+/// One endpoint as read from a slice, with the conditions that decide where it is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Candidate {
+    endpoint: Endpoint,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+/// The plan: service ports sorted by name, and the problems found.
+pub fn plan_services(
+    snapshot: Snapshot<'_>,
+    node: &NodeContext,
+) -> (Vec<ServicePort>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let slices = index_slices(snapshot.slices, node, &mut problems);
+    let mut out = Vec::new();
+    for svc in snapshot.services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        match plan_service(svc, ns, name, slices.get(&(ns, name)).map(Vec::as_slice)) {
+            Ok(ports) => out.extend(ports),
+            Err(message) => problems.push(Problem {
+                object: format!("Service {ns}/{name}"),
+                message,
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    problems.sort();
+    (out, problems)
+}
+
+/// A slice's ports and endpoints, by the (namespace, service) it belongs to.
+type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<SliceView>>;
+
+struct SliceView {
+    /// (port name, protocol) → target port number.
+    ports: Vec<(String, Protocol, u16)>,
+    endpoints: Vec<Candidate>,
+}
+
+fn index_slices<'a>(
+    slices: &'a [EndpointSlice],
+    node: &NodeContext,
+    problems: &mut Vec<Problem>,
+) -> SliceIndex<'a> {
+    let mut index: SliceIndex<'a> = BTreeMap::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue; // this table is IPv4; IPv6 slices belong to the ip6 table
+        }
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(service) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue; // not linked to a Service
+        };
+        let mut ports = Vec::new();
+        for p in s.ports.iter().flatten() {
+            let (Some(proto), Some(number)) = (
+                Protocol::parse(p.protocol.as_deref()),
+                p.port
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n > 0),
+            ) else {
+                problems.push(Problem {
+                    object: format!(
+                        "EndpointSlice {ns}/{}",
+                        s.metadata.name.as_deref().unwrap_or("")
+                    ),
+                    message: format!("port {:?} skipped: bad protocol or number", p.name),
+                });
+                continue;
+            };
+            ports.push((p.name.clone().unwrap_or_default(), proto, number));
+        }
+        let endpoints = s
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                // kube-proxy uses the first address only (the API allows exactly one for IPs).
+                let ip: Ipv4Addr = e.addresses.first()?.parse().ok()?;
+                let c = e.conditions.as_ref();
+                // Unset `ready`/`serving` mean "ready" (the API's documented reading).
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let local = e.node_name.as_deref() == Some(node.node_name.as_str());
+                Some(Candidate {
+                    endpoint: Endpoint { ip, port: 0, local },
+                    ready,
+                    serving,
+                    terminating,
+                })
+            })
+            .collect();
+        index
+            .entry((ns, service.as_str()))
+            .or_default()
+            .push(SliceView { ports, endpoints });
+    }
+    index
+}
+
+fn plan_service(
+    svc: &Service,
+    ns: &str,
+    name: &str,
+    slices: Option<&[SliceView]>,
+) -> Result<Vec<ServicePort>, String> {
+    let labels = svc.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
+        return Ok(Vec::new()); // another proxy's
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return Ok(Vec::new()); // DNS only
+    }
+    let Some(cluster_ip) = cluster_ipv4(spec.cluster_ip.as_deref(), spec.cluster_ips.as_deref())?
+    else {
+        return Ok(Vec::new()); // headless, or not yet allocated, or IPv6-only
+    };
+    let externally_reachable = matches!(kind, "NodePort" | "LoadBalancer")
+        || spec.external_ips.as_ref().is_some_and(|v| !v.is_empty());
+    let external_local =
+        externally_reachable && spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_seconds =
+        match spec.session_affinity.as_deref() {
+            Some("ClientIP") => {
+                let t = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .unwrap_or(DEFAULT_AFFINITY_SECONDS as i32);
+                Some(u32::try_from(t).ok().filter(|t| (1..=86400).contains(t)).ok_or_else(
+                || format!("sessionAffinityConfig.clientIP.timeoutSeconds {t} is not in 1..86400"),
+            )?)
+            }
+            None | Some("None") => None,
+            Some(other) => return Err(format!("sessionAffinity {other:?} is not supported")),
+        };
+    let external_ips = ipv4_list(
+        spec.external_ips.iter().flatten().map(String::as_str),
+        "externalIPs",
+    )?;
+    let load_balancer_ips = ipv4_list(
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()),
+        "status.loadBalancer.ingress",
+    )?;
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(p) => Some(port_number(p, "healthCheckNodePort")?),
+    };
+
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let sp = plan_port(p, i)?;
+        let port_name = p.name.clone().unwrap_or_default();
+        if !seen.insert((port_name.clone(), sp.0)) {
+            return Err(format!(
+                "spec.ports[{i}]: duplicate port name {port_name:?}"
+            ));
+        }
+        let (protocol, port, node_port) = sp;
+        let candidates = endpoints_for(slices.unwrap_or(&[]), &port_name, protocol);
+        let uses_cluster = !internal_local || (externally_reachable && !external_local);
+        let uses_local = internal_local || external_local;
+        let (cluster_endpoints, local_endpoints, has_endpoints) =
+            categorize(&candidates, uses_cluster, uses_local);
+        out.push(ServicePort {
+            name: PortName {
+                namespace: ns.to_string(),
+                service: name.to_string(),
+                port: port_name,
+                protocol,
+            },
+            cluster_ip,
+            port,
+            node_port: if matches!(kind, "NodePort" | "LoadBalancer") {
+                node_port
+            } else {
+                None
+            },
+            external_ips: external_ips.clone(),
+            load_balancer_ips: if kind == "LoadBalancer" {
+                load_balancer_ips.clone()
+            } else {
+                Vec::new()
+            },
+            affinity_seconds,
+            external_local,
+            internal_local,
+            health_check_node_port: health_check_node_port.filter(|_| external_local),
+            cluster_endpoints,
+            local_endpoints,
+            has_endpoints,
+        });
+    }
+    Ok(out)
+}
+
+/// The Service's IPv4 cluster IP: `None` for headless ("None"), unallocated ("") or
+/// IPv6-only Services; an error for an address that does not parse.
+fn cluster_ipv4(ip: Option<&str>, ips: Option<&[String]>) -> Result<Option<Ipv4Addr>, String> {
+    let all: Vec<&str> = ips
+        .filter(|v| !v.is_empty())
+        .map(|v| v.iter().map(String::as_str).collect())
+        .unwrap_or_else(|| ip.into_iter().collect());
+    for s in all {
+        match s {
+            "" | "None" => return Ok(None),
+            s => match s.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => return Ok(Some(v4)),
+                Ok(IpAddr::V6(_)) => continue,
+                Err(_) => return Err(format!("clusterIP {s:?} is not an IP address")),
+            },
+        }
+    }
+    Ok(None)
+}
+
+fn ipv4_list<'a>(ips: impl Iterator<Item = &'a str>, field: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let mut out = BTreeSet::new();
+    for s in ips {
+        match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => {
+                out.insert(v4);
+            }
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => return Err(format!("{field}: {s:?} is not an IP address")),
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn port_number(n: i32, field: &str) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{field} {n} is not in 1..65535"))
+}
+
+/// (protocol, port, nodePort) of `spec.ports[i]`.
+fn plan_port(p: &K8sServicePort, i: usize) -> Result<(Protocol, u16, Option<u16>), String> {
+    let protocol = Protocol::parse(p.protocol.as_deref()).ok_or_else(|| {
+        format!(
+            "spec.ports[{i}].protocol {:?} is not TCP, UDP or SCTP",
+            p.protocol
+        )
+    })?;
+    let port = port_number(p.port, &format!("spec.ports[{i}].port"))?;
+    let node_port = match p.node_port {
+        None | Some(0) => None,
+        Some(n) => Some(port_number(n, &format!("spec.ports[{i}].nodePort"))?),
+    };
+    Ok((protocol, port, node_port))
+}
+
+/// The candidates of one service port, from every slice of the Service that carries the
+/// port (by name and protocol); each slice resolves the target port for its endpoints (a
+/// named targetPort may resolve differently per pod). Duplicates across slices merge,
+/// keeping the most usable conditions, as kube-proxy's EndpointSliceCache does.
+fn endpoints_for(slices: &[SliceView], port_name: &str, protocol: Protocol) -> Vec<Candidate> {
+    let mut by_endpoint: BTreeMap<Endpoint, Candidate> = BTreeMap::new();
+    for s in slices {
+        let Some(&(_, _, number)) = s
+            .ports
+            .iter()
+            .find(|(n, p, _)| n == port_name && *p == protocol)
+        else {
+            continue;
+        };
+        for c in &s.endpoints {
+            let endpoint = Endpoint {
+                port: number,
+                ..c.endpoint
+            };
+            let c = Candidate { endpoint, ..*c };
+            by_endpoint
+                .entry(endpoint)
+                .and_modify(|old| {
+                    if c.ready && !old.ready {
+                        *old = c;
+                    }
+                })
+                .or_insert(c);
+        }
+    }
+    by_endpoint.into_values().collect()
+}
+
+/// kube-proxy's `CategorizeEndpoints` without topology hints: (cluster endpoints, local
+/// endpoints, any usable endpoint anywhere).
+fn categorize(
+    candidates: &[Candidate],
+    uses_cluster: bool,
+    uses_local: bool,
+) -> (Vec<Endpoint>, Vec<Endpoint>, bool) {
+    let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<Endpoint> {
+        candidates
+            .iter()
+            .filter(|c| f(c))
+            .map(|c| c.endpoint)
+            .collect()
+    };
+    let fallback = |c: &Candidate| !c.ready && c.serving && c.terminating;
+    let mut cluster = Vec::new();
+    if uses_cluster {
+        cluster = pick(&|c| c.ready);
+        if cluster.is_empty() {
+            cluster = pick(&fallback);
+        }
+    }
+    let has_any = candidates.iter().any(|c| c.ready || fallback(c));
+    let mut local = Vec::new();
+    if uses_local {
+        local = pick(&|c| c.endpoint.local && c.ready);
+        if local.is_empty() {
+            local = pick(&|c| c.endpoint.local && fallback(c));
+        }
+    }
+    (cluster, local, has_any)
+}
