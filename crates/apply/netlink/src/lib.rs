@@ -15,6 +15,7 @@ mod addr;
 mod link;
 mod neigh;
 pub mod netns;
+pub mod nftables;
 mod route;
 mod vxlan;
 

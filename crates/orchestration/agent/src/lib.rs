@@ -20,6 +20,7 @@
 
 pub mod metrics;
 pub mod ops;
+pub mod services;
 pub mod sync;
 
 pub use podnet_nodenet::Mode;
@@ -50,6 +51,11 @@ pub struct Config {
     pub underlay_mtu: u32,
     pub metrics_addr: std::net::SocketAddr,
     pub resync: std::time::Duration,
+    /// Program Services (kube-proxy replacement); false leaves them to kube-proxy.
+    pub proxy_services: bool,
+    /// The cluster IP range (10.96.0.0/12): off-cluster clients of cluster IPs are
+    /// masqueraded, as kube-proxy does with `--cluster-cidr`.
+    pub service_cidr: Option<ipnet::Ipv4Net>,
 }
 
 /// How long a burst of Node events is gathered into one sync.
@@ -71,8 +77,16 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let server = axum::serve(listener, metrics::router(metrics.clone()));
 
+    // Opened before the namespace handle moves to the kernel thread.
+    let nft = if config.proxy_services {
+        Some(podnet_netlink::nftables::Nftables::open_in(&ns).context("open nf_tables socket")?)
+    } else {
+        None
+    };
     let kernel = spawn_kernel_thread(&config, ns)?;
 
+    let services_client = client.clone();
+    let services_metrics = metrics.clone();
     let api: Api<Node> = Api::all(client);
     let (reader, writer) = reflector::store::<Node>();
     let notify = Arc::new(Notify::new());
@@ -137,10 +151,26 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
         }
     };
 
+    let services = async {
+        let Some(nft) = nft else {
+            return std::future::pending().await;
+        };
+        let syncer = services::ServiceSyncer::new(
+            services::ServicesConfig {
+                node_name: config.node_name.clone(),
+                cluster_cidr: config.cluster_cidr,
+                service_cidr: config.service_cidr,
+            },
+            services::LinuxTransactions(nft),
+        );
+        services::run(services_client, syncer, services_metrics, resync).await
+    };
+
     tokio::select! {
         r = server.into_future() => r.context("metrics server"),
         () = watch => Err(anyhow::anyhow!("node watch ended")),
         r = sync_loop => r,
+        r = services => r,
     }
 }
 

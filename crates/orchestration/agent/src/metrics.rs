@@ -26,7 +26,13 @@ pub struct Metrics {
     pub peers: Gauge,
     pub routes: Gauge,
     pub kernel_writes: Counter,
+    pub service_syncs: Family<Vec<(String, String)>, Counter>,
+    pub service_sync_duration: Histogram,
+    pub service_ports: Gauge,
+    pub service_problems: Gauge,
     healthy: AtomicBool,
+    /// The services proxy's last sync failed (healthy stays false until it succeeds).
+    services_failing: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -64,6 +70,30 @@ impl Metrics {
             "Netlink writes and nft transactions made",
             kernel_writes.clone(),
         );
+        let service_syncs = Family::<Vec<(String, String)>, Counter>::default();
+        let service_sync_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let service_ports = Gauge::default();
+        let service_problems = Gauge::default();
+        registry.register(
+            "podnet_agent_service_syncs",
+            "Services proxy syncs by result (ok, error)",
+            service_syncs.clone(),
+        );
+        registry.register(
+            "podnet_agent_service_sync_duration_seconds",
+            "Duration of one services proxy sync (plan, diff, transaction)",
+            service_sync_duration.clone(),
+        );
+        registry.register(
+            "podnet_agent_service_ports",
+            "Service ports programmed",
+            service_ports.clone(),
+        );
+        registry.register(
+            "podnet_agent_service_problems",
+            "Services skipped because they cannot be programmed",
+            service_problems.clone(),
+        );
         Metrics {
             registry,
             syncs,
@@ -71,7 +101,12 @@ impl Metrics {
             peers,
             routes,
             kernel_writes,
+            service_syncs,
+            service_sync_duration,
+            service_ports,
+            service_problems,
             healthy: AtomicBool::new(false),
+            services_failing: AtomicBool::new(false),
         }
     }
 
@@ -80,7 +115,17 @@ impl Metrics {
     }
 
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        self.healthy.load(Ordering::SeqCst) && !self.services_failing.load(Ordering::SeqCst)
+    }
+
+    /// Counts a services proxy sync.
+    pub fn record_service_sync(&self, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.service_syncs
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+        self.service_sync_duration.observe(seconds);
+        self.services_failing.store(!ok, Ordering::SeqCst);
     }
 
     /// Counts a sync.

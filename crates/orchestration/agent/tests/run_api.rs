@@ -1,6 +1,8 @@
 //! `run` end to end inside a test namespace: the lab's API server on loopback, Nodes
 //! created through the API, the agent writes the CNI config, programs the route, serves
-//! /healthz and /metrics, and follows a node leaving.
+//! /healthz and /metrics, follows a node leaving, and programs Services: a connection to a
+//! cluster IP reaches its endpoint (DNAT by the agent's nf_tables table), a Service without
+//! endpoints refuses at once, and an endpoint change is followed.
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -80,6 +82,8 @@ fn agent_runs_against_the_lab_api_server() {
             "addr add 192.168.88.1/24 dev eth0",
             "link set eth0 up",
             "link set eth1 up",
+            // A node's default route covers cluster IPs; this namespace has none.
+            "route add 10.96.0.0/12 dev eth0",
         ] {
             assert!(
                 Command::new("ip")
@@ -115,8 +119,10 @@ fn agent_runs_against_the_lab_api_server() {
                 underlay_mtu: 1500,
                 metrics_addr: "127.0.0.1:19201".parse().unwrap(),
                 resync: Duration::from_secs(60),
+                proxy_services: true,
+                service_cidr: Some("10.96.0.0/12".parse().unwrap()),
             };
-            let agent = tokio::spawn(podnet_agent::run(config, client));
+            let agent = tokio::spawn(podnet_agent::run(config, client.clone()));
             let file = conf_dir.join("10-podnet.conflist");
             eventually("conflist written", || file.exists()).await;
             eventually("healthy", || {
@@ -141,9 +147,98 @@ fn agent_runs_against_the_lab_api_server() {
             }
             api.delete("peer", &DeleteParams::default()).await.unwrap();
             eventually("route removed", || routes(&ns_name).trim().is_empty()).await;
+            services(client).await;
+            let metrics = http_get("127.0.0.1:19201", "/metrics");
+            for m in [
+                "podnet_agent_service_syncs_total{result=\"ok\"}",
+                "podnet_agent_service_ports 2",
+                "podnet_agent_service_problems 0",
+            ] {
+                assert!(metrics.contains(m), "{m} missing in\n{metrics}");
+            }
             agent.abort();
         });
     })
     .join()
     .expect("agent thread");
+}
+
+/// Runs on the test namespace's runtime: listeners and clients are inside it.
+async fn services(client: kube::Client) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Two endpoints on this node's address, each answering with its own name.
+    for (port, answer) in [(8080u16, "first"), (8081, "second")] {
+        let l = tokio::net::TcpListener::bind(("192.168.88.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = l.accept().await.unwrap();
+                let _ = c.write_all(answer.as_bytes()).await;
+            }
+        });
+    }
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    for (name, ip) in [("web", "10.96.0.50"), ("empty", "10.96.0.51")] {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+        .unwrap();
+        svcs.create(&PostParams::default(), &svc).await.unwrap();
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let slice = |port: u16| -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": "web-manual",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["192.168.88.1"], "conditions": {"ready": true}, "nodeName": "me"}]}))
+        .unwrap()
+    };
+    slices
+        .create(&PostParams::default(), &slice(8080))
+        .await
+        .unwrap();
+
+    async fn answer(addr: &str) -> std::io::Result<String> {
+        let mut c = tokio::net::TcpStream::connect(addr).await?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).await?;
+        Ok(s)
+    }
+    let start = Instant::now();
+    loop {
+        match answer("10.96.0.50:80").await {
+            Ok(s) => {
+                assert_eq!(s, "first");
+                break;
+            }
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "cluster IP: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No endpoints: refused at once (a TCP reset from the agent's table), not a timeout.
+    let t = Instant::now();
+    let err = answer("10.96.0.51:80").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The endpoint moves to another port: new connections follow within a second.
+    let mut s = slices.get("web-manual").await.unwrap();
+    s.ports = slice(8081).ports;
+    slices
+        .replace("web-manual", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if answer("10.96.0.50:80").await.ok().as_deref() == Some("second") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "endpoint change not followed in 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

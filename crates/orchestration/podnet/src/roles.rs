@@ -42,6 +42,13 @@ pub struct AgentArgs {
     /// Full resync period, seconds.
     #[arg(long, default_value_t = 60)]
     resync: u64,
+    /// Program Services on nf_tables (kube-proxy replacement); `false` leaves them to
+    /// kube-proxy.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    proxy_services: bool,
+    /// The cluster IP range: off-cluster clients of cluster IPs are masqueraded.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnet::Ipv4Net,
 }
 
 #[derive(Args)]
@@ -110,6 +117,8 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         underlay_mtu: a.underlay_mtu,
         metrics_addr: a.metrics_addr,
         resync: Duration::from_secs(a.resync),
+        proxy_services: a.proxy_services,
+        service_cidr: Some(a.service_cidr),
     };
     runtime()?.block_on(async move {
         let client = crate::lab::client(&a.server)?;

@@ -91,8 +91,13 @@ fn lab_proves_the_model(mode: &str, tag: &str) {
         check.contains("all") && check.contains("probes passed"),
         "{check}"
     );
-    // 6 pods: 36 pod→pod, 2×6 node→pod, 1 localhost, 6 external.
-    assert!(check.contains("55 probes"), "{check}");
+    // 6 pods: 36 pod→pod, 2×6 node→pod, 1 localhost, 6 external; Services: 8 sources ×
+    // 2 cluster IPs (one without endpoints, refused), the node port on 2 nodes.
+    assert!(check.contains("73 probes"), "{check}");
+    assert!(
+        check.contains("node port 30080 on every node") && check.contains("default/nobody:80"),
+        "{check}"
+    );
 
     // Bad manifests are refused with the object and field named, and change nothing.
     let bad = lab.apply(

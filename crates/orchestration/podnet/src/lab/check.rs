@@ -4,7 +4,11 @@
 //!   client's own pod IP — no NAT between pods;
 //! - every node reaches every pod, and the pod sees the node's IP;
 //! - containers of one pod reach each other over localhost;
-//! - pods reach the external host and arrive as their node's IP (egress masquerade).
+//! - pods reach the external host and arrive as their node's IP (egress masquerade);
+//! - Services: every pod and node reaches each Service's cluster IP and is answered by one
+//!   of its endpoints (a pod client keeps its own IP; the one case it cannot — a pod
+//!   reaching itself — arrives masqueraded as its node), the external host reaches each
+//!   node port on every node, and a Service without endpoints refuses at once.
 //!
 //! Probes are TCP connections to the echo workload, which answers with the pod it is and
 //! the peer address it saw. Each probe runs from a thread inside the source's network
@@ -16,7 +20,8 @@ use super::status::node_ip;
 use super::topology::{ECHO_PORT, EXTERNAL_IP, Topology};
 use super::with_api;
 use anyhow::{Result, bail};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 use podnet_kubelet::echo::{EchoReply, parse_reply};
@@ -52,26 +57,54 @@ struct Probe {
     want_peer: Vec<IpAddr>,
     /// What the server must report as its container.
     want_container: Option<String>,
+    /// Pods (`ns/name`) one of which must answer (a Service's endpoints).
+    want_pods: Option<Vec<String>>,
+    /// The connection must be refused (a Service without endpoints).
+    want_refused: bool,
     result: Result<EchoReply, String>,
 }
 
 impl Probe {
     fn ok(&self) -> bool {
         match &self.result {
+            Ok(_) if self.want_refused => false,
             Ok(r) => {
                 self.want_peer.contains(&r.peer.ip())
                     && self
                         .want_container
                         .as_ref()
                         .is_none_or(|c| *c == r.container)
+                    && self
+                        .want_pods
+                        .as_ref()
+                        .is_none_or(|p| p.contains(&format!("{}/{}", r.namespace, r.pod)))
             }
-            Err(_) => false,
+            Err(e) => self.want_refused && e.contains("refused"),
         }
     }
 
     fn failure(&self) -> Option<String> {
         match &self.result {
             _ if self.ok() => None,
+            Ok(r) if self.want_refused => Some(format!(
+                "{} → {} ({}): answered by {}/{} but the Service has no endpoints",
+                self.from, self.to, self.dst, r.namespace, r.pod
+            )),
+            Err(e) if self.want_refused => Some(format!(
+                "{} → {} ({}): {e} instead of an immediate refusal",
+                self.from, self.to, self.dst
+            )),
+            Ok(r)
+                if self
+                    .want_pods
+                    .as_ref()
+                    .is_some_and(|p| !p.contains(&format!("{}/{}", r.namespace, r.pod))) =>
+            {
+                Some(format!(
+                    "{} → {} ({}): answered by {}/{}, not an endpoint of the Service",
+                    self.from, self.to, self.dst, r.namespace, r.pod
+                ))
+            }
             Err(e) => Some(format!("{} → {} ({}): {e}", self.from, self.to, self.dst)),
             Ok(r) if !self.want_peer.contains(&r.peer.ip()) => Some(format!(
                 "{} → {} ({}): the server saw {} instead of {:?} (NAT)",
@@ -90,12 +123,13 @@ impl Probe {
 }
 
 pub fn run(t: &Topology) -> Result<()> {
-    let (pods, nodes) = with_api(t, |c| async move {
-        let pods = Api::<Pod>::all(c.clone())
-            .list(&ListParams::default())
-            .await?;
-        let nodes = Api::<Node>::all(c).list(&ListParams::default()).await?;
-        Ok((pods.items, nodes.items))
+    let (pods, nodes, services, slices) = with_api(t, |c| async move {
+        let lp = ListParams::default();
+        let pods = Api::<Pod>::all(c.clone()).list(&lp).await?;
+        let nodes = Api::<Node>::all(c.clone()).list(&lp).await?;
+        let services = Api::<Service>::all(c.clone()).list(&lp).await?;
+        let slices = Api::<EndpointSlice>::all(c).list(&lp).await?;
+        Ok((pods.items, nodes.items, services.items, slices.items))
     })?;
     let by_ip = pod_namespaces_by_ip(&t.pod_netns_prefix);
     let mut infos = Vec::new();
@@ -213,6 +247,56 @@ pub fn run(t: &Topology) -> Result<()> {
             .collect();
         plan.push((ns.clone(), v));
     }
+    let svcs = service_targets(&services, &slices, &infos);
+    let every_node_addr: Vec<IpAddr> = node_srcs.iter().flat_map(|n| n.3.clone()).collect();
+    for (ns, probes) in &mut plan {
+        let (from, mut peers) = match infos.iter().find(|i| i.netns == *ns) {
+            Some(i) => (i.name.clone(), vec![IpAddr::from(i.ip)]),
+            None => match node_srcs.iter().find(|n| n.1 == *ns) {
+                Some(n) => (n.0.clone(), Vec::new()),
+                None => continue,
+            },
+        };
+        // The source's node's own addresses: a node client, or a pod reaching itself.
+        let node = infos
+            .iter()
+            .find(|i| i.name == from)
+            .map_or(from.as_str(), |i| i.node.as_str());
+        if let Some(n) = node_srcs.iter().find(|n| n.0 == node) {
+            peers.extend(n.3.iter().copied());
+        }
+        for svc in &svcs {
+            let mut p = probe(
+                &from,
+                &svc.name,
+                svc.cluster_ip,
+                svc.port,
+                peers.clone(),
+                None,
+            );
+            p.want_refused = svc.endpoints.is_empty();
+            p.want_pods = Some(svc.endpoints.clone());
+            probes.push(p);
+        }
+    }
+    let mut external = Vec::new();
+    for svc in svcs.iter().filter(|s| !s.endpoints.is_empty()) {
+        for (node, _, ip, _) in &node_srcs {
+            if let Some(np) = svc.node_port {
+                let mut p = probe(
+                    "external",
+                    &format!("{} via {node}", svc.name),
+                    *ip,
+                    np,
+                    every_node_addr.clone(),
+                    None,
+                );
+                p.want_pods = Some(svc.endpoints.clone());
+                external.push(p);
+            }
+        }
+    }
+    plan.push((t.external.netns.clone(), external));
     let done: Vec<Vec<Probe>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .into_iter()
@@ -271,6 +355,42 @@ pub fn run(t: &Topology) -> Result<()> {
             src.host_ip
         );
     }
+    if !svcs.is_empty() {
+        println!(
+            "\nservices  (✓ = answered by one of its endpoints with the client's address kept, \
+             or refused at once when it has none)"
+        );
+        let head: String = svcs
+            .iter()
+            .map(|s| format!("  {:<22}", s.label()))
+            .collect();
+        println!("  {:<28}{head}", "from \\ to");
+        let sources = infos
+            .iter()
+            .map(|i| (i.name.clone(), i.node.clone()))
+            .chain(node_srcs.iter().map(|n| (n.0.clone(), n.2.to_string())));
+        for (src, at) in sources {
+            let row: String = svcs
+                .iter()
+                .map(|s| format!("  {:<22}", cell(&src, &s.name).trim()))
+                .collect();
+            println!("  {:<28}{row}", format!("{src} ({at})"));
+        }
+        for svc in svcs
+            .iter()
+            .filter(|s| s.node_port.is_some() && !s.endpoints.is_empty())
+        {
+            let np = svc.node_port.unwrap_or_default();
+            println!(
+                "\nexternal host → {} node port {np} on every node",
+                svc.name
+            );
+            for (node, _, ip, _) in &node_srcs {
+                let to = format!("{} via {node}", svc.name);
+                println!("  {}  {ip}:{np}", cell("external", &to).trim());
+            }
+        }
+    }
     let failures: Vec<String> = all.iter().filter_map(|p| p.failure()).collect();
     println!();
     if failures.is_empty() {
@@ -288,6 +408,80 @@ pub fn run(t: &Topology) -> Result<()> {
     }
 }
 
+/// A TCP Service port the check probes: its cluster IP, node port and endpoint pods.
+struct ServiceTarget {
+    /// `svc ns/name`
+    name: String,
+    cluster_ip: Ipv4Addr,
+    port: u16,
+    node_port: Option<u16>,
+    /// Endpoint pods (`ns/name`), from the Service's EndpointSlices.
+    endpoints: Vec<String>,
+}
+
+impl ServiceTarget {
+    fn label(&self) -> String {
+        format!("{}:{}", self.name.trim_start_matches("svc "), self.port)
+    }
+}
+
+/// The first TCP port of every Service with a cluster IP, except the API's own
+/// `kubernetes` Service (served by the control plane, not by pods).
+fn service_targets(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    infos: &[PodInfo],
+) -> Vec<ServiceTarget> {
+    let mut out = Vec::new();
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Some(ip) = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()) else {
+            continue;
+        };
+        let Some(port) = spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        else {
+            continue;
+        };
+        let endpoints: Vec<String> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        .is_some_and(|n| n == name)
+            })
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            .flat_map(|e| &e.addresses)
+            .filter_map(|a| {
+                let ip: Ipv4Addr = a.parse().ok()?;
+                infos.iter().find(|i| i.ip == ip).map(|i| i.name.clone())
+            })
+            .collect();
+        if endpoints.is_empty() && spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
+            continue; // no selector: endpoints managed elsewhere (e.g. `kubernetes`)
+        }
+        out.push(ServiceTarget {
+            name: format!("svc {ns}/{name}"),
+            cluster_ip: ip,
+            port: port.port as u16,
+            node_port: port.node_port.map(|n| n as u16),
+            endpoints,
+        });
+    }
+    out
+}
+
 fn probe(
     from: &str,
     to: &str,
@@ -302,6 +496,8 @@ fn probe(
         dst: SocketAddr::new(ip.into(), port),
         want_peer,
         want_container,
+        want_pods: None,
+        want_refused: false,
         result: Err("not run".into()),
     }
 }

@@ -4,7 +4,7 @@
 //! Nothing here touches the host's own network namespace: every netlink socket is opened
 //! inside a lab namespace, and processes are spawned from a thread that entered one.
 
-use super::topology::{Member, Topology, UNDERLAY_PREFIX};
+use super::topology::{Member, SERVICE_CIDR, Topology, UNDERLAY_PREFIX};
 use anyhow::{Context, Result};
 use podnet_netlink::{Netlink, Op, VethSpec, netns};
 use std::collections::BTreeSet;
@@ -65,6 +65,22 @@ pub fn plug_member(t: &Topology, m: &Member) -> Result<()> {
         r?;
     }
     Ok(())
+}
+
+/// A worker node's route for cluster IPs through its underlay interface: what a real
+/// node's default route does for them, without giving the lab a way out. It lets the node's
+/// own processes connect to Services (the agent's table DNATs them on the way out) and
+/// lets a Service without endpoints be refused by the table rather than by routing.
+pub fn route_service_cidr(m: &Member) -> Result<()> {
+    let mut nl = Netlink::open_in(netns::open(netns::named_path(&m.netns))?)?;
+    let eth0 = nl.link_by_name("eth0")?.context("eth0 missing")?;
+    nl.add_route(&podnet_netlink::RouteSpec {
+        dst: SERVICE_CIDR.parse().expect("literal CIDR"),
+        gateway: None,
+        oif: Some(eth0.index),
+        onlink: false,
+    })
+    .with_context(|| format!("route {SERVICE_CIDR} on {}", m.name))
 }
 
 /// Starts `exe args…` inside namespace `ns`, detached (own process group, stdin closed,

@@ -13,6 +13,8 @@ pub const API_PORT: u16 = 6443;
 pub const AGENT_METRICS_PORT: u16 = 9102;
 /// The echo port of the lab's default pods and of the external host.
 pub const ECHO_PORT: u16 = 8080;
+/// The control plane's cluster IP range (its default), routed on every node.
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const MAX_NODES: usize = 100;
 
 /// One member of the underlay: the control plane, a worker node or the external host.

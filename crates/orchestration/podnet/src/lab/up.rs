@@ -1,7 +1,7 @@
 //! Orchestration: `lab up` — builds the lab step by step, recording each namespace before
 //! creating it; on any failure it removes what it made (`lab down`) and says what failed.
 
-use super::net::{create_namespace, create_underlay, plug_member, spawn_in};
+use super::net::{create_namespace, create_underlay, plug_member, route_service_cidr, spawn_in};
 use super::state::{LabRecord, lab_dir};
 use super::topology::{AGENT_METRICS_PORT, API_PORT, ECHO_PORT, Topology, plan_topology};
 use super::{UpArgs, apply, down, render_kubeconfig, status, with_api};
@@ -77,6 +77,9 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
         rec.will_create_namespace(&m.netns)?;
         create_namespace(&m.netns)?;
         plug_member(t, m)?;
+    }
+    for m in &t.workers {
+        route_service_cidr(m)?;
     }
 
     step(2, "control plane: API server on 172.18.0.2:6443");

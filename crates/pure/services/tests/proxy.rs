@@ -1,0 +1,213 @@
+//! Pure tests of the proxy's table: a golden rendering of a representative node, and the
+//! sync state machine (first sync is a full replace, a second sync with nothing changed is
+//! empty, an endpoint change is one element out and one in, a failure leads to a full
+//! replace, a conflicting address is reported and skipped).
+
+use podnet_nft::{Op, render_table};
+use podnet_services::{Endpoint, PortName, Protocol, Proxy, ProxyConfig, ServicePort};
+
+fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().unwrap(),
+        port,
+        local,
+    }
+}
+
+fn port(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    protocol: Protocol,
+    ip: &str,
+    port: u16,
+) -> ServicePort {
+    ServicePort {
+        name: PortName {
+            namespace: ns.into(),
+            service: name.into(),
+            port: port_name.into(),
+            protocol,
+        },
+        cluster_ip: ip.parse().unwrap(),
+        port,
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        affinity_seconds: None,
+        external_local: false,
+        internal_local: false,
+        health_check_node_port: None,
+        cluster_endpoints: vec![],
+        local_endpoints: vec![],
+        has_endpoints: false,
+    }
+}
+
+fn config() -> ProxyConfig {
+    ProxyConfig {
+        cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
+        service_cidr: Some(("10.96.0.0".parse().unwrap(), 12)),
+    }
+}
+
+/// One of each shape: plain ClusterIP, UDP, NodePort + externalIP (Cluster policy),
+/// LoadBalancer with Local policy, ClientIP affinity, no endpoints at all, and
+/// internalTrafficPolicy Local without a local endpoint.
+fn node_ports() -> Vec<ServicePort> {
+    let mut web = port("default", "web", "http", Protocol::Tcp, "10.96.0.10", 80);
+    web.cluster_endpoints = vec![ep("10.244.1.5", 8080, true), ep("10.244.2.5", 8080, false)];
+    web.has_endpoints = true;
+    web.node_port = Some(30080);
+    web.external_ips = vec!["172.18.0.100".parse().unwrap()];
+
+    let mut dns = port(
+        "kube-system",
+        "kube-dns",
+        "dns",
+        Protocol::Udp,
+        "10.96.0.53",
+        53,
+    );
+    dns.cluster_endpoints = vec![ep("10.244.2.9", 53, false)];
+    dns.has_endpoints = true;
+
+    let mut lb = port("default", "shop", "", Protocol::Tcp, "10.96.0.11", 443);
+    lb.cluster_endpoints = vec![ep("10.244.1.7", 8443, true), ep("10.244.3.7", 8443, false)];
+    lb.local_endpoints = vec![ep("10.244.1.7", 8443, true)];
+    lb.has_endpoints = true;
+    lb.external_local = true;
+    lb.node_port = Some(31443);
+    lb.load_balancer_ips = vec!["172.18.0.150".parse().unwrap()];
+    lb.health_check_node_port = Some(32000);
+
+    let mut sticky = port("default", "sticky", "", Protocol::Tcp, "10.96.0.12", 80);
+    sticky.cluster_endpoints = vec![ep("10.244.2.8", 80, false), ep("10.244.3.8", 80, false)];
+    sticky.has_endpoints = true;
+    sticky.affinity_seconds = Some(60);
+
+    let empty = port("default", "empty", "", Protocol::Sctp, "10.96.0.13", 9000);
+
+    let mut itp = port("default", "node-local", "", Protocol::Tcp, "10.96.0.14", 80);
+    itp.internal_local = true;
+    itp.has_endpoints = true; // elsewhere only
+
+    vec![web, dns, lb, sticky, empty, itp]
+}
+
+#[test]
+fn golden_table() {
+    let mut proxy = Proxy::new(config());
+    let plan = proxy.sync(node_ports());
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    assert_eq!(
+        plan.transaction.ops[..2],
+        [Op::AddTable, Op::DeleteTable],
+        "first sync replaces"
+    );
+    let text = render_table(&proxy.table());
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/node.nft");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(golden, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(golden).unwrap();
+    assert_eq!(
+        text, want,
+        "rendered table differs from {golden} (UPDATE_GOLDEN=1 to rewrite)"
+    );
+}
+
+#[test]
+fn second_sync_with_nothing_changed_is_empty() {
+    let mut proxy = Proxy::new(config());
+    proxy.sync(node_ports());
+    let plan = proxy.sync(node_ports());
+    assert!(plan.transaction.is_empty(), "{:?}", plan.transaction);
+    assert!(plan.changed.is_empty());
+}
+
+#[test]
+fn one_endpoint_change_is_one_element_out_and_one_in() {
+    let mut proxy = Proxy::new(config());
+    let mut ports = node_ports();
+    proxy.sync(ports.clone());
+    ports[0].cluster_endpoints[1] = ep("10.244.2.6", 8080, false);
+    let plan = proxy.sync(ports);
+    let text = podnet_nft::render_transaction(&plan.transaction);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let index = lines[0]
+        .strip_prefix("delete element ip podnet-services endpoints { ")
+        .and_then(|r| r.strip_suffix(" }"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        lines[1],
+        format!("add element ip podnet-services endpoints {{ {index} : 10.244.2.6 . 8080 }}")
+    );
+    assert_eq!(plan.changed.len(), 1);
+    assert_eq!(plan.changed[0].service, "web");
+}
+
+#[test]
+fn growing_past_the_range_moves_the_port_and_removing_cleans_up() {
+    let mut proxy = Proxy::new(config());
+    let mut ports = node_ports();
+    proxy.sync(ports.clone());
+    ports[0].cluster_endpoints = (0..9)
+        .map(|i| ep(&format!("10.244.2.{}", 10 + i), 8080, false))
+        .collect();
+    let plan = proxy.sync(ports.clone());
+    let text = podnet_nft::render_transaction(&plan.transaction);
+    assert!(
+        text.contains("flush chain ip podnet-services svc-default/web/tcp/http"),
+        "{text}"
+    );
+    assert!(text.contains("numgen random mod 9 offset"), "{text}");
+    assert!(
+        text.contains("delete element ip podnet-services hairpin { 10.244.1.5 . 10.244.1.5 }"),
+        "{text}"
+    );
+    // Remove every port: the table is back to its fixed part.
+    let plan = proxy.sync(vec![]);
+    assert!(proxy.is_empty());
+    let text = podnet_nft::render_transaction(&plan.transaction);
+    assert!(
+        text.contains("delete chain ip podnet-services svc-default/web/tcp/http"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete set ip podnet-services aff-default/sticky/tcp/10.244.2.8/80"),
+        "{text}"
+    );
+    let base = render_table(&Proxy::new(config()).table());
+    assert_eq!(render_table(&proxy.table()), base);
+}
+
+#[test]
+fn a_failed_transaction_makes_the_next_sync_a_full_replace() {
+    let mut proxy = Proxy::new(config());
+    proxy.sync(node_ports());
+    proxy.failed();
+    let plan = proxy.sync(node_ports());
+    assert_eq!(plan.transaction.ops[..2], [Op::AddTable, Op::DeleteTable]);
+}
+
+#[test]
+fn an_address_already_in_use_is_reported_and_skipped() {
+    let mut proxy = Proxy::new(config());
+    let mut ports = node_ports();
+    let mut clash = port("other", "thief", "", Protocol::Tcp, "10.96.0.10", 80);
+    clash.cluster_endpoints = vec![ep("10.244.3.3", 80, false)];
+    clash.has_endpoints = true;
+    ports.push(clash);
+    let plan = proxy.sync(ports);
+    assert_eq!(plan.problems.len(), 1, "{:?}", plan.problems);
+    assert!(
+        plan.problems[0]
+            .to_string()
+            .starts_with("Service other/thief:"),
+        "{}",
+        plan.problems[0]
+    );
+    assert_eq!(proxy.len(), 6, "the other ports are programmed");
+}
