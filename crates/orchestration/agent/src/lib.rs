@@ -75,14 +75,28 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
             .with_context(|| format!("bind metrics address {}", config.metrics_addr))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let server = axum::serve(listener, metrics::router(metrics.clone()));
-
-    // Opened before the namespace handle moves to the kernel thread.
-    let nft = if config.proxy_services {
-        Some(podnet_netlink::nftables::Nftables::open_in(&ns).context("open nf_tables socket")?)
+    let syncer = if config.proxy_services {
+        // Opened here, before the namespace handle moves to the kernel thread.
+        let nft =
+            podnet_netlink::nftables::Nftables::open_in(&ns).context("open nf_tables socket")?;
+        Some(Arc::new(std::sync::Mutex::new(
+            services::ServiceSyncer::new(
+                services::ServicesConfig {
+                    node_name: config.node_name.clone(),
+                    cluster_cidr: config.cluster_cidr,
+                    service_cidr: config.service_cidr,
+                },
+                services::LinuxTransactions(nft),
+            ),
+        )))
     } else {
         None
     };
+    let server = axum::serve(
+        listener,
+        metrics::router(metrics.clone(), syncer.clone().map(services::dump)),
+    );
+
     let kernel = spawn_kernel_thread(&config, ns)?;
 
     let services_client = client.clone();
@@ -152,18 +166,10 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     };
 
     let services = async {
-        let Some(nft) = nft else {
-            return std::future::pending().await;
-        };
-        let syncer = services::ServiceSyncer::new(
-            services::ServicesConfig {
-                node_name: config.node_name.clone(),
-                cluster_cidr: config.cluster_cidr,
-                service_cidr: config.service_cidr,
-            },
-            services::LinuxTransactions(nft),
-        );
-        services::run(services_client, syncer, services_metrics, resync).await
+        match syncer {
+            Some(s) => services::run(services_client, s, services_metrics, resync).await,
+            None => std::future::pending().await,
+        }
     };
 
     tokio::select! {

@@ -1,5 +1,7 @@
 //! Orchestration: the agent's health and Prometheus metrics, and the http server for
-//! them (`GET /healthz`, `GET /metrics`).
+//! them (`GET /healthz`, `GET /metrics`), plus `GET /services`: the Services table as the
+//! agent programmed it, in `nft` syntax (rendered from memory on request; the kernel is
+//! not read).
 //!
 //! `/healthz` is 200 only while the last sync succeeded (503 before the first one and
 //! after a failure), like kube-proxy's `/healthz` — a DaemonSet readiness probe then
@@ -146,16 +148,36 @@ impl Metrics {
     }
 }
 
+/// Renders the programmed Services table on request.
+pub type ServicesDump = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    services: Option<ServicesDump>,
+}
+
 /// The http routes.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<Metrics>, services: Option<ServicesDump>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(metrics)
+        .route("/services", get(services_text))
+        .with_state(AppState { metrics, services })
 }
 
-async fn healthz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if m.healthy() {
+async fn services_text(State(s): State<AppState>) -> (StatusCode, String) {
+    match &s.services {
+        Some(dump) => (StatusCode::OK, dump()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this agent does not program Services (--proxy-services=false)\n".into(),
+        ),
+    }
+}
+
+async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.metrics.healthy() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not synced")
@@ -163,13 +185,13 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics_text(
-    State(m): State<Arc<Metrics>>,
+    State(s): State<AppState>,
 ) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.render(),
+        s.metrics.render(),
     )
 }

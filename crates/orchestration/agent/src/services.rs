@@ -119,10 +119,21 @@ impl<T: TransactionOps> ServiceSyncer<T> {
     }
 }
 
+/// A shared syncer: the sync loop and the `/services` dump use it.
+pub type Shared<T> = Arc<Mutex<ServiceSyncer<T>>>;
+
+/// The `/services` dump of a shared syncer: the table in `nft` syntax.
+pub fn dump<T: TransactionOps + 'static>(syncer: Shared<T>) -> crate::metrics::ServicesDump {
+    Arc::new(move || {
+        let s = syncer.lock().unwrap_or_else(|e| e.into_inner());
+        podnet_nft::render_table(&s.table())
+    })
+}
+
 /// Watches Services and EndpointSlices and keeps the table in step, until dropped.
 pub async fn run<T: TransactionOps + 'static>(
     client: kube::Client,
-    syncer: ServiceSyncer<T>,
+    syncer: Shared<T>,
     metrics: Arc<Metrics>,
     resync: std::time::Duration,
 ) -> Result<()> {
@@ -139,7 +150,6 @@ pub async fn run<T: TransactionOps + 'static>(
         eps_writer,
         notify.clone(),
     );
-    let syncer = Arc::new(Mutex::new(syncer));
     let sync_loop = async move {
         svc_reader
             .wait_until_ready()

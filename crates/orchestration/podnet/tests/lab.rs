@@ -331,3 +331,155 @@ fn node_leaves_and_returns(mode: &str, tag: &str, route: fn(&str) -> String) {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+const SERVICES_MANIFEST: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: s-1, labels: {app: s, solo: \"yes\"}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s-2, labels: {app: s}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: s}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: s}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: s}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo}
+spec:
+  selector: {solo: \"yes\"}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+/// `name value` pairs from a kubectl jsonpath listing.
+fn listing(lab: &Lab, what: &str, field: &str) -> std::collections::BTreeMap<String, String> {
+    let out = lab.ok(&[
+        "kubectl",
+        "--",
+        "get",
+        what,
+        "-o",
+        &format!("jsonpath={{range .items[*]}}{{.metadata.name}} {{{field}}}{{\"\\n\"}}{{end}}"),
+    ]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.trim().to_string()))
+        .collect()
+}
+
+/// One TCP exchange with an echo server from namespace `ns`: (pod, peer IP) it reported.
+fn echo_from(ns: &str, dst: &str) -> std::io::Result<(String, String)> {
+    use std::io::Read;
+    let dst: std::net::SocketAddr = dst.parse().unwrap();
+    in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut line = String::new();
+        s.read_to_string(&mut line)?;
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let peer = field("peer=");
+        let peer = peer
+            .rsplit_once(':')
+            .map_or(peer.clone(), |(ip, _)| ip.to_string());
+        Ok((field("pod="), peer))
+    })
+}
+
+/// Services' traffic policies, affinity, hairpin and the dump, with real traffic: two
+/// endpoints on node-1, none on node-2.
+#[test]
+fn services_policies_affinity_and_hairpin_in_the_lab() {
+    let lab = Lab::up("s", &["--nodes", "2", "--no-workload"]);
+    let out = lab.apply(SERVICES_MANIFEST);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("pods running", || {
+        let phases = listing(&lab, "pods", ".status.phase");
+        phases.len() == 3 && phases.values().all(|p| p == "Running")
+    });
+    let ips = listing(&lab, "pods", ".status.podIP");
+    let vips = listing(&lab, "services", ".spec.clusterIP");
+    let client = pod_netns(&lab, &ips["client"]);
+    let s1 = pod_netns(&lab, &ips["s-1"]);
+    let external = format!("pn-{}-external", lab.name);
+    let vip = |name: &str| format!("{}:80", vips[name]);
+    wait_for("sticky answers", || {
+        echo_from(&client, &vip("sticky")).is_ok()
+    });
+
+    // ClientIP affinity: every connection from one client lands on the same endpoint.
+    let first = echo_from(&client, &vip("sticky")).unwrap().0;
+    assert!(first == "s-1" || first == "s-2", "{first}");
+    for _ in 0..10 {
+        assert_eq!(echo_from(&client, &vip("sticky")).unwrap().0, first);
+    }
+
+    // externalTrafficPolicy Local: node-1 (endpoints) answers and the client's source IP
+    // is kept; node-2 (none) drops the connection.
+    let (pod, peer) = echo_from(&external, "172.18.0.11:30090").unwrap();
+    assert!(pod == "s-1" || pod == "s-2", "{pod}");
+    assert_eq!(peer, "172.18.0.200", "the client's address must be kept");
+    assert!(echo_from(&external, "172.18.0.12:30090").is_err());
+
+    // internalTrafficPolicy Local: a client on node-2 (no local endpoint) gets nothing; a
+    // pod on node-1 is answered by a node-1 endpoint.
+    assert!(echo_from(&client, &vip("itp")).is_err());
+    let (pod, _) = echo_from(&s1, &vip("itp")).unwrap();
+    assert!(pod == "s-1" || pod == "s-2", "{pod}");
+
+    // Hairpin: s-1 reaches itself through its own Service.
+    let (pod, peer) = echo_from(&s1, &vip("solo")).unwrap();
+    assert_eq!(pod, "s-1");
+    assert_ne!(peer, ips["s-1"], "a hairpin connection is masqueraded");
+
+    // The programmed table, readable.
+    let dump = lab.ok(&["services", "--node", "node-1"]);
+    for want in [
+        "table ip podnet-services",
+        "chain svc-default/sticky/tcp",
+        "chain local-default/local/tcp",
+        "tcp . 30090 : goto ext-default/local/tcp",
+    ] {
+        assert!(dump.contains(want), "{want} missing in\n{dump}");
+    }
+}

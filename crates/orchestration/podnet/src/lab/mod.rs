@@ -59,6 +59,14 @@ pub enum LabCmd {
         #[arg(long, default_value = "demo")]
         name: String,
     },
+    /// The Services table a node's agent programmed, in nft syntax (from the agent's
+    /// memory, `GET /services` on its metrics port).
+    Services {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(long, default_value = "node-1")]
+        node: String,
+    },
     /// Run kubectl against the lab (arguments after `--`).
     Kubectl {
         #[arg(long, default_value = "demo")]
@@ -108,6 +116,10 @@ pub fn run(cmd: LabCmd) -> Result<()> {
         LabCmd::Check { name } => {
             let t = existing(&name)?;
             check::run(&t)
+        }
+        LabCmd::Services { name, node } => {
+            print!("{}", agent_services(&existing(&name)?, &node)?);
+            Ok(())
         }
         LabCmd::Kubectl { name, args } => kubectl(&existing(&name)?, &args),
         LabCmd::List => {
@@ -201,6 +213,38 @@ pub fn down(name: &str) -> Result<()> {
         namespaces.len()
     );
     Ok(())
+}
+
+/// `GET /services` from `node`'s agent, inside the node's namespace.
+fn agent_services(t: &Topology, node: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let m = t
+        .workers
+        .iter()
+        .find(|m| m.name == node)
+        .with_context(|| format!("lab {} has no node {node}", t.lab))?;
+    let ns = netns::open(netns::named_path(&m.netns))?;
+    let addr = std::net::SocketAddr::from((m.ip, topology::AGENT_METRICS_PORT));
+    let reply = netns::run_in(&ns, || -> Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connect to the agent of {node} at {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET /services HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "agent of {node}: {}",
+            head.lines().next().unwrap_or("no answer")
+        );
+    }
+    Ok(body.to_string())
 }
 
 /// `kubectl` inside the control-plane namespace, with the lab's kubeconfig.
