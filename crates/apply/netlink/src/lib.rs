@@ -12,6 +12,7 @@
 //! match on, never message strings.
 
 mod addr;
+pub mod conntrack;
 mod link;
 mod neigh;
 pub mod netns;

@@ -18,7 +18,7 @@
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
-use podnet_nft::{Batch, EncodeError, Transaction, encode_transaction, render_op};
+use podnet_nft::{Batch, EncodeError, Op, Transaction, encode_transaction, render_op};
 use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -134,7 +134,7 @@ impl Nftables {
         let first = self.seq.wrapping_add(1);
         let batch = encode_transaction(tx, first)?;
         self.seq = batch.end_seq();
-        self.send_batch(&batch, &|i| render_op(tx.family, &tx.table, &tx.ops[i]))
+        self.send_batch(&batch, &|i| describe(tx, i))
     }
 
     /// Sends an encoded batch and waits for its outcome; `what(i)` names operation `i`.
@@ -161,10 +161,17 @@ impl Nftables {
         let mut first_err: Option<(u32, NftError)> = None;
         loop {
             self.rbuf.clear();
-            let got = self
-                .socket
-                .recv(&mut self.rbuf, 0)
-                .map_err(sock_err("recv"))?;
+            let got = match self.socket.recv(&mut self.rbuf, 0) {
+                Ok(n) => n,
+                // Replies overflowed the receive buffer: only errors come in numbers, so
+                // the batch failed (and was aborted as a whole).
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Err(first_err
+                        .map(|(_, e)| e)
+                        .unwrap_or(NftError::Batch { source: e }));
+                }
+                Err(e) => return Err(sock_err("recv")(e)),
+            };
             if got > self.rbuf.len() {
                 return Err(NftError::Decode(format!("reply of {got} bytes truncated")));
             }
@@ -181,7 +188,10 @@ impl Nftables {
                 let seq = u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes"));
                 let msg = &b[16..len];
                 off += (len + 3) & !3;
-                if ty != NLMSG_ERROR || msg.len() < 4 {
+                let ours = seq.wrapping_sub(batch.first_seq)
+                    <= batch.end_seq().wrapping_sub(batch.first_seq);
+                if ty != NLMSG_ERROR || msg.len() < 4 || !ours {
+                    // Not an answer to this batch (e.g. left over from an earlier one).
                     continue;
                 }
                 let code = i32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes"));
@@ -234,6 +244,36 @@ impl Nftables {
         }
         self.sndbuf = want;
         Ok(())
+    }
+}
+
+/// Operation `i` as its nft command; element lists cut after a few elements (an error
+/// about a 250k-element operation should not carry megabytes of text).
+fn describe(tx: &Transaction, i: usize) -> String {
+    const SHOWN: usize = 3;
+    let op = &tx.ops[i];
+    match op {
+        Op::AddElements { set, elems } | Op::DeleteElements { set, elems }
+            if elems.len() > SHOWN =>
+        {
+            let few = elems[..SHOWN].to_vec();
+            let short = match op {
+                Op::AddElements { .. } => Op::AddElements {
+                    set: set.clone(),
+                    elems: few,
+                },
+                _ => Op::DeleteElements {
+                    set: set.clone(),
+                    elems: few,
+                },
+            };
+            format!(
+                "{} (and {} more elements)",
+                render_op(tx.family, &tx.table, &short),
+                elems.len() - SHOWN
+            )
+        }
+        _ => render_op(tx.family, &tx.table, op),
     }
 }
 

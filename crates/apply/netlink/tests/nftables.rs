@@ -108,6 +108,12 @@ fn encoded_and_rendered_transactions_list_identically() {
         via_netlink, via_text,
         "listing after netlink (left) differs from listing after nft -f (right)"
     );
+    // The table-block rendering (dump form) means the same too.
+    let c = nss.ns("block");
+    let block = render_table(&table);
+    let (ok, _, err) = nft_tool(&c, &["-f", "-"], Some(&block));
+    assert!(ok, "nft -f of the rendered table failed: {err}\n{block}");
+    assert_eq!(via_netlink, list_table(&c, "ip", "podnet-svc"));
     // The listing has what we put in (guards against both paths failing the same way).
     for needle in [
         "map service-ips",
@@ -388,6 +394,26 @@ fn failing_op_changes_nothing_and_is_named() {
         "{err}"
     );
     assert_eq!(list_table(&a, "ip", "podnet-svc"), before, "state changed");
+
+    // A refused big element operation is named briefly.
+    let mut tx = Transaction::new(Family::Ip, "podnet-svc");
+    tx.push(Op::AddElements {
+        set: "no-such-set".into(),
+        elems: (0..10_000u32)
+            .map(|i| Element::key(vec![Value::Ipv4(Ipv4Addr::from(i))]))
+            .collect(),
+    });
+    let err = nft.apply(&tx).expect_err("elements of a missing set");
+    assert_eq!(
+        (err.op_index(), err.errno()),
+        (Some(0), Some(libc::ENOENT)),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("(and 9997 more elements)") && text.len() < 400,
+        "{text}"
+    );
 
     // Invalid IR is refused before anything is sent.
     let mut tx = Transaction::new(Family::Ip, "podnet-svc");

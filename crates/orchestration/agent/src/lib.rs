@@ -77,8 +77,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let syncer = if config.proxy_services {
         // Opened here, before the namespace handle moves to the kernel thread.
-        let nft =
-            podnet_netlink::nftables::Nftables::open_in(&ns).context("open nf_tables socket")?;
+        let kernel = services::LinuxTransactions::open_in(&ns)?;
         Some(Arc::new(std::sync::Mutex::new(
             services::ServiceSyncer::new(
                 services::ServicesConfig {
@@ -86,7 +85,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                     cluster_cidr: config.cluster_cidr,
                     service_cidr: config.service_cidr,
                 },
-                services::LinuxTransactions(nft),
+                kernel,
             ),
         )))
     } else {

@@ -7,13 +7,16 @@
 //! previous run's rules stay in force until that instant, conntrack NAT bindings survive
 //! it, nothing is flushed first); later syncs send only differences; a refused transaction
 //! leaves the previous rules in place, is logged and counted, and the next attempt (after
-//! [`crate::RETRY`]) replaces the whole table. Bad Services are logged once per change and
+//! [`crate::RETRY`]) replaces the whole table. After a transaction removed UDP endpoints,
+//! the conntrack entries DNATed to them are deleted (kube-proxy's long-running bug
+//! kubernetes#19029: a client keeping its source port is otherwise black-holed). Bad Services are logged once per change and
 //! counted in `podnet_agent_service_problems`; the others are programmed.
 //!
 //! Against kube-proxy's nftables proxier: no `nft` process and no dump of the table before
 //! each transaction (netlink batches built from memory), and one shared endpoint map
 //! instead of an anonymous vmap per service (see podnet-services' `render` for the table).
 
+use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,17 +34,61 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::{DEBOUNCE, RETRY};
 
-/// The kernel side of the proxy: applies one transaction atomically.
+/// The kernel side of the proxy.
 pub trait TransactionOps: Send {
+    /// Applies one transaction atomically.
     fn apply(&mut self, tx: &Transaction) -> Result<()>;
+    /// Deletes the UDP conntrack entries DNATed to `endpoints`, and those sent to
+    /// `services` without being DNATed; returns how many.
+    fn forget_udp_flows(
+        &mut self,
+        endpoints: &[SocketAddrV4],
+        services: &[SocketAddrV4],
+    ) -> Result<usize>;
 }
 
-/// [`TransactionOps`] over nf_tables netlink, in the namespace the socket was opened in.
-pub struct LinuxTransactions(pub podnet_netlink::nftables::Nftables);
+/// [`TransactionOps`] over nf_tables and ctnetlink, in the namespace the sockets were
+/// opened in.
+pub struct LinuxTransactions {
+    pub nft: podnet_netlink::nftables::Nftables,
+    pub conntrack: podnet_netlink::conntrack::Conntrack,
+}
+
+impl LinuxTransactions {
+    pub fn open_in(ns: impl std::os::fd::AsFd) -> Result<Self> {
+        Ok(LinuxTransactions {
+            nft: podnet_netlink::nftables::Nftables::open_in(ns.as_fd())
+                .context("open nf_tables socket")?,
+            conntrack: podnet_netlink::conntrack::Conntrack::open_in(ns.as_fd())
+                .context("open conntrack socket")?,
+        })
+    }
+}
 
 impl TransactionOps for LinuxTransactions {
     fn apply(&mut self, tx: &Transaction) -> Result<()> {
-        self.0.apply(tx).map_err(anyhow::Error::from)
+        self.nft.apply(tx).map_err(anyhow::Error::from)
+    }
+
+    fn forget_udp_flows(
+        &mut self,
+        endpoints: &[SocketAddrV4],
+        services: &[SocketAddrV4],
+    ) -> Result<usize> {
+        let mut n = 0;
+        if !endpoints.is_empty() {
+            n += self.conntrack.delete_dnat_to_any(17, endpoints)?;
+        }
+        if !services.is_empty() {
+            let unserved: Vec<_> = self
+                .conntrack
+                .dump(17)?
+                .into_iter()
+                .filter(|e| services.contains(&e.orig.dst) && e.reply.src == e.orig.dst)
+                .collect();
+            n += self.conntrack.delete(&unserved)?;
+        }
+        Ok(n)
     }
 }
 
@@ -59,6 +106,8 @@ pub struct ServicesReport {
     pub ports: usize,
     /// Operations in the transaction sent (0: nothing changed, nothing sent).
     pub ops: usize,
+    /// UDP conntrack entries deleted because their endpoint left.
+    pub flows_forgotten: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -102,9 +151,25 @@ impl<T: TransactionOps> ServiceSyncer<T> {
             self.proxy.failed();
             return Err(e.context("services transaction refused; the previous rules stay"));
         }
+        // Only after the rules stopped choosing them: a new packet of a forgotten flow is
+        // then DNATed afresh, to a live endpoint.
+        let mut flows_forgotten = 0;
+        if !plan.stale_udp.is_empty() || !plan.fresh_udp.is_empty() {
+            match self
+                .kernel
+                .forget_udp_flows(&plan.stale_udp, &plan.fresh_udp)
+            {
+                Ok(n) => flows_forgotten = n,
+                Err(e) => problems.push(Problem {
+                    object: "conntrack".into(),
+                    message: format!("deleting UDP flows to removed endpoints: {e:#}"),
+                }),
+            }
+        }
         Ok(ServicesReport {
             ports: self.proxy.len(),
             ops,
+            flows_forgotten,
             problems,
         })
     }
@@ -187,7 +252,12 @@ pub async fn run<T: TransactionOps + 'static>(
                         last_problems = r.problems;
                     }
                     if r.ops > 0 {
-                        tracing::info!(ops = r.ops, ports = r.ports, "services synced");
+                        tracing::info!(
+                            ops = r.ops,
+                            ports = r.ports,
+                            udp_flows_forgotten = r.flows_forgotten,
+                            "services synced"
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "services sync failed"),

@@ -2,7 +2,8 @@
 //! created through the API, the agent writes the CNI config, programs the route, serves
 //! /healthz and /metrics, follows a node leaving, and programs Services: a connection to a
 //! cluster IP reaches its endpoint (DNAT by the agent's nf_tables table), a Service without
-//! endpoints refuses at once, and an endpoint change is followed.
+//! endpoints refuses at once, an endpoint change is followed, and a UDP client that keeps
+//! its source port follows its Service to a new endpoint (its conntrack entry is deleted).
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -151,7 +152,7 @@ fn agent_runs_against_the_lab_api_server() {
             let metrics = http_get("127.0.0.1:19201", "/metrics");
             for m in [
                 "podnet_agent_service_syncs_total{result=\"ok\"}",
-                "podnet_agent_service_ports 2",
+                "podnet_agent_service_ports 3",
                 "podnet_agent_service_problems 0",
             ] {
                 assert!(metrics.contains(m), "{m} missing in\n{metrics}");
@@ -240,5 +241,78 @@ async fn services(client: kube::Client) {
             "endpoint change not followed in 1 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    udp_follows_its_service(svcs, slices).await;
+}
+
+/// kubernetes#19029: a UDP client sending from one source port to a cluster IP keeps its
+/// conntrack entry alive; when the endpoint changes, the agent must delete that entry, or
+/// the client keeps reaching the old endpoint forever.
+async fn udp_follows_its_service(
+    svcs: Api<k8s_openapi::api::core::v1::Service>,
+    slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    for (port, answer) in [(9053u16, "old"), (9054, "new")] {
+        let s = tokio::net::UdpSocket::bind(("192.168.88.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                let (_, from) = s.recv_from(&mut buf).await.unwrap();
+                let _ = s.send_to(answer.as_bytes(), from).await;
+            }
+        });
+    }
+    let svc = serde_json::from_value(json!({"metadata": {"name": "dns"},
+        "spec": {"clusterIP": "10.96.0.53", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let slice = |port: u16| -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": "dns-manual",
+                "labels": {"kubernetes.io/service-name": "dns"}},
+            "addressType": "IPv4", "ports": [{"name": "dns", "port": port, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["192.168.88.1"], "conditions": {"ready": true}}]}))
+        .unwrap()
+    };
+    slices
+        .create(&PostParams::default(), &slice(9053))
+        .await
+        .unwrap();
+    let client = tokio::net::UdpSocket::bind("192.168.88.1:40053")
+        .await
+        .unwrap();
+    client.connect("10.96.0.53:53").await.unwrap();
+    let ask = || async {
+        let _ = client.send(b"?").await;
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).to_string(),
+            _ => String::new(),
+        }
+    };
+    let t = Instant::now();
+    while ask().await != "old" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "UDP service never answered"
+        );
+    }
+    let mut s = slices.get("dns-manual").await.unwrap();
+    s.ports = slice(9054).ports;
+    slices
+        .replace("dns-manual", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        // The old endpoint still answers: only a deleted conntrack entry moves the flow.
+        if ask().await == "new" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a UDP client with a fixed source port still reaches the old endpoint"
+        );
     }
 }

@@ -1210,6 +1210,9 @@ pub fn validate(tx: &Transaction) -> Result<(), EncodeError> {
             Op::FlushSet(s) | Op::FlushMap(s) | Op::DeleteSet(s) => name(i, s)?,
             Op::AddRule { chain, rule } => {
                 name(i, chain)?;
+                if let Err(what) = check_family(tx.family, rule) {
+                    return bad(i, what);
+                }
                 if let Some(c) = &rule.comment
                     && !comment_ok(c)
                 {
@@ -1235,6 +1238,41 @@ pub fn validate(tx: &Transaction) -> Result<(), EncodeError> {
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// IPv4 header fields only in ip/inet tables, IPv6 ones only in ip6/inet tables; the
+/// same for NAT addresses.
+fn check_family(family: Family, rule: &Rule) -> Result<(), String> {
+    let (v4_ok, v6_ok) = match family {
+        Family::Ip => (true, false),
+        Family::Ip6 => (false, true),
+        Family::Inet => (true, true),
+    };
+    for s in &rule.stmts {
+        let (exprs, nat_v4, nat_v6): (&[Expr], bool, bool) = match s {
+            Stmt::Match { expr, .. } | Stmt::MatchBits { expr, .. } => {
+                (std::slice::from_ref(expr), false, false)
+            }
+            Stmt::InSet { keys, .. } | Stmt::Vmap { keys, .. } | Stmt::SetUpdate { keys, .. } => {
+                (keys, false, false)
+            }
+            Stmt::DnatMap { keys, ipv6, .. } => (keys, !ipv6, *ipv6),
+            Stmt::Dnat { addr, .. } => (&[], addr.is_ipv4(), addr.is_ipv6()),
+            _ => (&[], false, false),
+        };
+        let v4 = nat_v4
+            || exprs
+                .iter()
+                .any(|e| matches!(e, Expr::IpSaddr | Expr::IpDaddr));
+        let v6 = nat_v6
+            || exprs
+                .iter()
+                .any(|e| matches!(e, Expr::Ip6Saddr | Expr::Ip6Daddr));
+        if (v4 && !v4_ok) || (v6 && !v6_ok) {
+            return Err(format!("{s:?} does not fit a {family:?} table"));
         }
     }
     Ok(())

@@ -172,6 +172,27 @@ pub fn base_table(name: &str) -> Table {
                     Stmt::Verdict(Verdict::Accept),
                 ]),
                 Rule::new(vec![
+                    Stmt::MatchBits {
+                        expr: Expr::CtStatus,
+                        mask: ct_status::DNAT,
+                        op: CmpOp::Eq,
+                        value: 0,
+                    },
+                    Stmt::MatchBits {
+                        expr: Expr::CtState,
+                        mask: ct_state::NEW | ct_state::ESTABLISHED,
+                        op: CmpOp::Eq,
+                        value: ct_state::NEW,
+                    },
+                    Stmt::MatchBits {
+                        expr: Expr::MetaMark,
+                        mask: MASQ_MARK,
+                        op: CmpOp::Ne,
+                        value: MASQ_MARK,
+                    },
+                    Stmt::Counter,
+                ]),
+                Rule::new(vec![
                     m(Expr::MetaL4Proto, CmpOp::Eq, Value::TCP),
                     Stmt::InSet {
                         keys: tuple.clone(),

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use podnet_nft::{Chain, Element, Op, Rule, Set, Transaction, Value};
 
-use crate::model::{PortName, Problem, ServicePort};
+use crate::model::{PortName, Problem, Protocol, ServicePort};
 use crate::render::{
     FAMILY, PortObjects, ProxyConfig, Ranges, TABLE, names, render_base, render_port,
 };
@@ -35,8 +35,17 @@ pub struct SyncPlan {
     pub transaction: Transaction,
     /// Ports left out (an address:port another port already owns, index space exhausted).
     pub problems: Vec<Problem>,
-    /// Ports whose objects changed (added, changed or removed), for conntrack cleanup.
+    /// Ports whose objects changed (added, changed or removed).
     pub changed: Vec<PortName>,
+    /// UDP endpoints no longer used by a port that used them: once the transaction is in,
+    /// conntrack entries DNATed to them must go, or a client that keeps its source port
+    /// keeps sending into the old endpoint (kubernetes#19029).
+    pub stale_udp: Vec<std::net::SocketAddrV4>,
+    /// UDP service addresses (cluster, external, load-balancer IP : port) that had no
+    /// endpoint and now have one: conntrack entries a client created towards them
+    /// before (not DNATed, e.g. sent before the Service was programmed) must go, or that
+    /// client never reaches an endpoint.
+    pub fresh_udp: Vec<std::net::SocketAddrV4>,
 }
 
 /// The proxy's state machine.
@@ -46,7 +55,11 @@ pub struct Proxy {
     slots: Slots,
     ports: BTreeMap<PortName, Programmed>,
     /// (map, key) → the port that owns the element.
-    owners: HashMap<(&'static str, Vec<Value>), PortName>,
+    owners: HashMap<(String, Vec<Value>), PortName>,
+    /// Shared maps (`endpoints-K` shards) → (declaration, ports using it).
+    shared: BTreeMap<String, (Set, usize)>,
+    /// The shared maps the kernel holds (as of the last transaction built).
+    shared_programmed: BTreeSet<String>,
     /// Local endpoint IP → how many ports use it (the shared `hairpin` set).
     hairpin: BTreeMap<Ipv4Addr, usize>,
     /// False until a transaction built by `sync` has been taken whole by the kernel.
@@ -60,6 +73,8 @@ impl Proxy {
             slots: Slots::default(),
             ports: BTreeMap::new(),
             owners: HashMap::new(),
+            shared: BTreeMap::new(),
+            shared_programmed: BTreeSet::new(),
             hairpin: BTreeMap::new(),
             in_step: false,
         }
@@ -83,6 +98,8 @@ impl Proxy {
     pub fn table(&self) -> podnet_nft::Table {
         let mut t = render_base(&self.config);
         let mut elements: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
+        t.sets
+            .extend(self.shared.values().map(|(s, _)| (s.clone(), Vec::new())));
         for p in self.ports.values() {
             t.sets
                 .extend(p.objects.sets.iter().map(|s| (s.clone(), Vec::new())));
@@ -157,17 +174,47 @@ impl Proxy {
             }
         }
         changed.sort();
+        let mut fresh_udp = BTreeSet::new();
+        for name in new.iter().filter(|n| n.protocol == Protocol::Udp) {
+            let now = &self.ports[name].port;
+            let had = old
+                .iter()
+                .find(|p| p.port.name == *name)
+                .is_some_and(|p| !endpoints_of(&p.port).is_empty());
+            if !had && !endpoints_of(now).is_empty() {
+                for ip in std::iter::once(&now.cluster_ip)
+                    .chain(&now.external_ips)
+                    .chain(&now.load_balancer_ips)
+                {
+                    fresh_udp.insert(std::net::SocketAddrV4::new(*ip, now.port));
+                }
+            }
+        }
+        let mut stale_udp = BTreeSet::new();
+        for p in old.iter().filter(|p| p.port.name.protocol == Protocol::Udp) {
+            let now: BTreeSet<(Ipv4Addr, u16)> = self
+                .ports
+                .get(&p.port.name)
+                .map(|n| endpoints_of(&n.port))
+                .unwrap_or_default();
+            for e in endpoints_of(&p.port).difference(&now) {
+                stale_udp.insert(std::net::SocketAddrV4::new(e.0, e.1));
+            }
+        }
 
         let transaction = if self.in_step {
             self.difference(&old, &new)
         } else {
             Transaction::replace_table(&self.table())
         };
+        self.shared_programmed = self.shared.keys().cloned().collect();
         self.in_step = true;
         SyncPlan {
             transaction,
             problems,
             changed,
+            stale_udp: stale_udp.into_iter().collect(),
+            fresh_udp: fresh_udp.into_iter().collect(),
         }
     }
 
@@ -207,7 +254,7 @@ impl Proxy {
         let objects = render_port(&port, r, &self.config);
         let taken = objects.elements.iter().find_map(|(map, e)| {
             self.owners
-                .get(&(*map, e.key.clone()))
+                .get(&(map.clone(), e.key.clone()))
                 .map(|owner| (map, e, owner))
         });
         if let Some((map, e, owner)) = taken {
@@ -224,7 +271,14 @@ impl Proxy {
             return Err(message);
         }
         for (map, e) in &objects.elements {
-            self.owners.insert((*map, e.key.clone()), port.name.clone());
+            self.owners
+                .insert((map.clone(), e.key.clone()), port.name.clone());
+        }
+        for set in &objects.shared_sets {
+            self.shared
+                .entry(set.name.clone())
+                .or_insert_with(|| (set.clone(), 0))
+                .1 += 1;
         }
         for ip in &objects.hairpin {
             *self.hairpin.entry(*ip).or_default() += 1;
@@ -244,7 +298,15 @@ impl Proxy {
             }
         }
         for (map, e) in &p.objects.elements {
-            self.owners.remove(&(*map, e.key.clone()));
+            self.owners.remove(&(map.clone(), e.key.clone()));
+        }
+        for set in &p.objects.shared_sets {
+            if let Some(entry) = self.shared.get_mut(&set.name) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.shared.remove(&set.name);
+                }
+            }
         }
         for ip in &p.objects.hairpin {
             if let Some(n) = self.hairpin.get_mut(ip) {
@@ -285,7 +347,7 @@ impl Proxy {
         let mut deletions: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
         let mut additions: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
         for ((map, key), data) in &before.elements {
-            if after.elements.get(&(*map, key.clone())) != Some(data) {
+            if after.elements.get(&(map.clone(), key.clone())) != Some(data) {
                 deletions
                     .entry(map)
                     .or_default()
@@ -293,7 +355,7 @@ impl Proxy {
             }
         }
         for ((map, key), data) in &after.elements {
-            if before.elements.get(&(*map, key.clone())) != Some(data) {
+            if before.elements.get(&(map.clone(), key.clone())) != Some(data) {
                 additions.entry(map).or_default().push(Element {
                     key: key.clone(),
                     data: data.clone(),
@@ -348,6 +410,17 @@ impl Proxy {
                 tx.push(Op::DeleteSet(name.to_string()));
             }
         }
+        // Shared shards: gone when their last port went (their rules are flushed above).
+        for name in self.shared_programmed.iter() {
+            if !self.shared.contains_key(name) {
+                tx.push(Op::DeleteSet(name.clone()));
+            }
+        }
+        for (name, (set, _)) in &self.shared {
+            if !self.shared_programmed.contains(name) {
+                tx.push(Op::AddSet(set.clone()));
+            }
+        }
         for (name, set) in &after.sets {
             if before.sets.get(name) != Some(set) {
                 tx.push(Op::AddSet((*set).clone()));
@@ -379,6 +452,15 @@ impl Proxy {
     }
 }
 
+/// Every endpoint a port sends to (cluster and local).
+fn endpoints_of(p: &ServicePort) -> BTreeSet<(Ipv4Addr, u16)> {
+    p.cluster_endpoints
+        .iter()
+        .chain(&p.local_endpoints)
+        .map(|e| (e.ip, e.port))
+        .collect()
+}
+
 fn hairpin_element(ip: Ipv4Addr) -> Element {
     Element::key(vec![Value::Ipv4(ip), Value::Ipv4(ip)])
 }
@@ -388,7 +470,7 @@ fn hairpin_element(ip: Ipv4Addr) -> Element {
 struct Objects<'a> {
     chains: BTreeMap<&'a str, &'a Vec<Rule>>,
     sets: BTreeMap<&'a str, &'a Set>,
-    elements: BTreeMap<(&'static str, Vec<Value>), Option<podnet_nft::ElemData>>,
+    elements: BTreeMap<(String, Vec<Value>), Option<podnet_nft::ElemData>>,
 }
 
 impl<'a> Objects<'a> {
@@ -400,7 +482,8 @@ impl<'a> Objects<'a> {
             self.sets.insert(s.name.as_str(), s);
         }
         for (map, e) in &o.elements {
-            self.elements.insert((*map, e.key.clone()), e.data.clone());
+            self.elements
+                .insert((map.clone(), e.key.clone()), e.data.clone());
         }
     }
 }

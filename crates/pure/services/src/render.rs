@@ -10,8 +10,9 @@
 //!   map service-nodeports     inet_proto . inet_service : verdict              # node port → ext chain
 //!   map no-endpoint-ips       (as service-ips)   → goto reject-service | drop
 //!   map no-endpoint-nodeports (as service-nodeports)
-//!   map endpoints             typeof numgen random mod 1 : ip daddr . th dport # index → endpoint
-//!   map endpoint-chains       typeof numgen random mod 1 : verdict             # index → ep chain (affinity)
+//!   map endpoints-K           typeof numgen random mod 1 : ip daddr . th dport # index → endpoint
+//!   map endpoint-chains-K     typeof numgen random mod 1 : verdict             # index → ep chain (affinity)
+//!                             (K = index / 1024: one map per window, see names::endpoints_map)
 //!   set hairpin               ipv4_addr . ipv4_addr                            # local endpoint, twice
 //!   chain filter-prerouting / filter-output  (filter, dstnat - 10): ct state new → no-endpoints
 //!   chain no-endpoints    ip daddr . meta l4proto . th dport vmap @no-endpoint-ips
@@ -29,9 +30,9 @@
 //!
 //! Per service port `X` (`ns/name/proto[/port]`):
 //! - `svc-X` picks among the cluster endpoints, `local-X` among this node's:
-//!   `meta l4proto P dnat ip addr . port to numgen random mod N offset BASE map @endpoints`;
+//!   `meta l4proto P dnat ip addr . port to numgen random mod N offset BASE map @endpoints-K`;
 //! - with ClientIP affinity, instead: one `ip saddr @aff-X/IP/PORT goto ep-X/IP/PORT` per
-//!   endpoint, then `numgen random mod N offset BASE vmap @endpoint-chains`; each
+//!   endpoint, then `numgen random mod N offset BASE vmap @endpoint-chains-K`; each
 //!   `ep-X/IP/PORT` chain does `update @aff-X/IP/PORT { ip saddr }` and DNATs to the endpoint
 //!   (kube-proxy's shape, used only for affinity ports);
 //! - `ext-X` (node port, external and load-balancer IPs): Cluster policy marks for
@@ -68,14 +69,26 @@ pub mod names {
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
     pub const NO_ENDPOINT_IPS: &str = "no-endpoint-ips";
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-    pub const ENDPOINTS: &str = "endpoints";
-    pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
+    /// Endpoint indexes per map (see [`endpoints_map`]).
+    pub const SHARD_WINDOW: u32 = 1024;
     pub const HAIRPIN: &str = "hairpin";
     pub const NO_ENDPOINTS: &str = "no-endpoints";
     pub const REJECT: &str = "reject-service";
     pub const SERVICES: &str = "services";
     pub const MASQUERADING: &str = "masquerading";
 
+    /// The `endpoints` map holding index `base`: one map per [`SHARD_WINDOW`] indexes.
+    /// Every rule that looks a map up binds it, and the kernel checks each element added
+    /// to a map against every binding (`nft_add_set_elem`), so one map shared by all N
+    /// pickers would make a full load O(N × elements); a window holds at most
+    /// `SHARD_WINDOW / MIN_RANGE` = 128 pickers, keeping the load linear.
+    pub fn endpoints_map(base: u32) -> String {
+        format!("endpoints-{}", base / SHARD_WINDOW)
+    }
+    /// The affinity pickers' verdict map holding index `base`, sharded likewise.
+    pub fn endpoint_chains_map(base: u32) -> String {
+        format!("endpoint-chains-{}", base / SHARD_WINDOW)
+    }
     /// Picker among the cluster endpoints.
     pub fn cluster_chain(p: &PortName) -> String {
         format!("svc-{p}")
@@ -114,7 +127,9 @@ pub struct PortObjects {
     pub chains: Vec<(String, Vec<Rule>)>,
     pub sets: Vec<Set>,
     /// (map, element).
-    pub elements: Vec<(&'static str, Element)>,
+    pub elements: Vec<(String, Element)>,
+    /// Maps this port shares with others (the `endpoints-K` shards it uses).
+    pub shared_sets: Vec<Set>,
     /// Local endpoint IPs (for the shared `hairpin` set).
     pub hairpin: BTreeSet<Ipv4Addr>,
 }
@@ -124,6 +139,31 @@ pub struct PortObjects {
 pub struct Ranges {
     pub cluster: Option<u32>,
     pub local: Option<u32>,
+}
+
+fn numgen_key() -> KeyDecl {
+    KeyDecl::Typeof(vec![Expr::Numgen {
+        modulus: 1,
+        offset: 0,
+    }])
+}
+
+/// The `endpoints-K` map declaration.
+pub fn endpoints_set(name: String) -> Set {
+    Set {
+        key: numgen_key(),
+        data: Some(SetData::Typeof(vec![Expr::IpDaddr, Expr::ThDport])),
+        ..Set::new(name, vec![])
+    }
+}
+
+/// The `endpoint-chains-K` map declaration.
+pub fn endpoint_chains_set(name: String) -> Set {
+    Set {
+        key: numgen_key(),
+        data: Some(SetData::Verdict),
+        ..Set::new(name, vec![])
+    }
 }
 
 fn m(expr: Expr, op: CmpOp, value: Value) -> Stmt {
@@ -158,20 +198,6 @@ pub fn render_base(config: &ProxyConfig) -> Table {
     let vmap = |name: &str, key: Vec<Type>| Set::map(name, key, SetData::Verdict);
     let ip_key = vec![Type::Ipv4Addr, Type::InetProto, Type::InetService];
     let port_key = vec![Type::InetProto, Type::InetService];
-    let numgen_key = KeyDecl::Typeof(vec![Expr::Numgen {
-        modulus: 1,
-        offset: 0,
-    }]);
-    let endpoints = Set {
-        key: numgen_key.clone(),
-        data: Some(SetData::Typeof(vec![Expr::IpDaddr, Expr::ThDport])),
-        ..Set::new(names::ENDPOINTS, vec![])
-    };
-    let endpoint_chains = Set {
-        key: numgen_key,
-        data: Some(SetData::Verdict),
-        ..Set::new(names::ENDPOINT_CHAINS, vec![])
-    };
     let hairpin = Set::new(names::HAIRPIN, vec![Type::Ipv4Addr, Type::Ipv4Addr]);
     let mut t = Table::new(FAMILY, TABLE);
     t.sets = [
@@ -179,8 +205,6 @@ pub fn render_base(config: &ProxyConfig) -> Table {
         vmap(names::SERVICE_NODEPORTS, port_key.clone()),
         vmap(names::NO_ENDPOINT_IPS, ip_key),
         vmap(names::NO_ENDPOINT_NODEPORTS, port_key),
-        endpoints,
-        endpoint_chains,
         hairpin,
     ]
     .into_iter()
@@ -369,11 +393,11 @@ pub fn render_port(port: &ServicePort, ranges: Ranges, config: &ProxyConfig) -> 
     };
     match internal {
         Some(chain) => out.elements.push((
-            names::SERVICE_IPS,
+            names::SERVICE_IPS.into(),
             Element::verdict(ip_key(port.cluster_ip), Verdict::Goto(chain.clone())),
         )),
         None => out.elements.push((
-            names::NO_ENDPOINT_IPS,
+            names::NO_ENDPOINT_IPS.into(),
             Element::verdict(ip_key(port.cluster_ip), refusal.clone()),
         )),
     }
@@ -428,12 +452,14 @@ pub fn render_port(port: &ServicePort, ranges: Ranges, config: &ProxyConfig) -> 
         ),
     };
     for ip in external_ips {
-        out.elements
-            .push((ips_map, Element::verdict(ip_key(ip), verdict.clone())));
+        out.elements.push((
+            ips_map.into(),
+            Element::verdict(ip_key(ip), verdict.clone()),
+        ));
     }
     if let Some(np) = port.node_port {
         out.elements.push((
-            ports_map,
+            ports_map.into(),
             Element::verdict(vec![proto(name), Value::Port(np)], verdict),
         ));
     }
@@ -455,20 +481,24 @@ fn picker(out: &mut PortObjects, port: &ServicePort, chain: String, eps: &[Endpo
     };
     let l4 = || m(Expr::MetaL4Proto, CmpOp::Eq, proto(name));
     let Some(timeout) = port.affinity_seconds else {
+        let map = names::endpoints_map(base);
+        if !out.shared_sets.iter().any(|s| s.name == map) {
+            out.shared_sets.push(endpoints_set(map.clone()));
+        }
         out.chains.push((
             chain,
             vec![Rule::new(vec![
                 l4(),
                 Stmt::DnatMap {
                     keys: vec![numgen],
-                    map: names::ENDPOINTS.into(),
+                    map: map.clone(),
                     ipv6: false,
                 },
             ])],
         ));
         for (i, e) in eps.iter().enumerate() {
             out.elements.push((
-                names::ENDPOINTS,
+                map.clone(),
                 Element::values(
                     vec![Value::Integer(base + i as u32)],
                     vec![Value::Ipv4(e.ip), Value::Port(e.port)],
@@ -478,6 +508,10 @@ fn picker(out: &mut PortObjects, port: &ServicePort, chain: String, eps: &[Endpo
         return;
     };
     let timeout = Duration::from_secs(u64::from(timeout));
+    let map = names::endpoint_chains_map(base);
+    if !out.shared_sets.iter().any(|s| s.name == map) {
+        out.shared_sets.push(endpoint_chains_set(map.clone()));
+    }
     let mut rules = Vec::new();
     for (i, e) in eps.iter().enumerate() {
         let ep_chain = names::endpoint_chain(name, e);
@@ -491,7 +525,7 @@ fn picker(out: &mut PortObjects, port: &ServicePort, chain: String, eps: &[Endpo
             goto(ep_chain.clone()),
         ]));
         out.elements.push((
-            names::ENDPOINT_CHAINS,
+            map.clone(),
             Element::verdict(
                 vec![Value::Integer(base + i as u32)],
                 Verdict::Goto(ep_chain.clone()),
@@ -530,7 +564,7 @@ fn picker(out: &mut PortObjects, port: &ServicePort, chain: String, eps: &[Endpo
     }
     rules.push(Rule::new(vec![Stmt::Vmap {
         keys: vec![numgen],
-        map: names::ENDPOINT_CHAINS.into(),
+        map,
     }]));
     out.chains.push((chain, rules));
 }

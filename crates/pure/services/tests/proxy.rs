@@ -137,12 +137,12 @@ fn one_endpoint_change_is_one_element_out_and_one_in() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     let index = lines[0]
-        .strip_prefix("delete element ip podnet-services endpoints { ")
+        .strip_prefix("delete element ip podnet-services endpoints-0 { ")
         .and_then(|r| r.strip_suffix(" }"))
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(
         lines[1],
-        format!("add element ip podnet-services endpoints {{ {index} : 10.244.2.6 . 8080 }}")
+        format!("add element ip podnet-services endpoints-0 {{ {index} : 10.244.2.6 . 8080 }}")
     );
     assert_eq!(plan.changed.len(), 1);
     assert_eq!(plan.changed[0].service, "web");
@@ -210,4 +210,44 @@ fn an_address_already_in_use_is_reported_and_skipped() {
         plan.problems[0]
     );
     assert_eq!(proxy.len(), 6, "the other ports are programmed");
+}
+
+#[test]
+fn removed_udp_endpoints_are_reported_for_conntrack_cleanup() {
+    let mut proxy = Proxy::new(config());
+    let mut ports = node_ports();
+    proxy.sync(ports.clone());
+    // kube-dns (UDP) moves from 10.244.2.9 to 10.244.3.9; web (TCP) changes too.
+    ports[1].cluster_endpoints = vec![ep("10.244.3.9", 53, false)];
+    ports[0].cluster_endpoints.pop();
+    let plan = proxy.sync(ports.clone());
+    assert_eq!(
+        plan.stale_udp,
+        ["10.244.2.9:53".parse().unwrap()],
+        "TCP endpoints never listed"
+    );
+    assert!(plan.fresh_udp.is_empty(), "kube-dns had endpoints before");
+    // The UDP Service goes away: its endpoints are stale too.
+    ports.remove(1);
+    let plan = proxy.sync(ports);
+    assert_eq!(plan.stale_udp, ["10.244.3.9:53".parse().unwrap()]);
+}
+
+#[test]
+fn a_udp_service_gaining_its_first_endpoint_is_reported_fresh() {
+    let mut proxy = Proxy::new(config());
+    let mut dns = port(
+        "kube-system",
+        "kube-dns",
+        "dns",
+        Protocol::Udp,
+        "10.96.0.53",
+        53,
+    );
+    let first = proxy.sync(vec![dns.clone()]);
+    assert!(first.fresh_udp.is_empty(), "no endpoint yet");
+    dns.cluster_endpoints = vec![ep("10.244.2.9", 53, false)];
+    dns.has_endpoints = true;
+    let plan = proxy.sync(vec![dns]);
+    assert_eq!(plan.fresh_udp, ["10.96.0.53:53".parse().unwrap()]);
 }
