@@ -129,7 +129,7 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
         }
 
         let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| n.ip).collect();
-        let script = render_masquerade(cfg.cluster_cidr, &ips);
+        let script = render_masquerade(cfg.cluster_cidr, &ips, cfg.mode);
         if self.last_nft.as_deref() != Some(script.as_str()) {
             match self.nft.apply_script(&script) {
                 Ok(()) => {

@@ -376,9 +376,14 @@ fn replacing_the_nat_table_keeps_established_connections() {
     in_ns(&n1, || {
         let mut nft = LinuxNft;
         let cidr = "10.244.0.0/16".parse().unwrap();
-        nft.apply_script(&render_masquerade(cidr, &["192.168.77.9".parse().unwrap()]))
+        nft.apply_script(&render_masquerade(
+            cidr,
+            &["192.168.77.9".parse().unwrap()],
+            podnet_nodenet::Mode::Vxlan,
+        ))
+        .unwrap();
+        nft.apply_script(&render_masquerade(cidr, &[], podnet_nodenet::Mode::HostGw))
             .unwrap();
-        nft.apply_script(&render_masquerade(cidr, &[])).unwrap();
     });
     step_tx.send(()).unwrap();
     client.join().unwrap();

@@ -137,8 +137,18 @@ fn masquerade_ruleset() {
         .map(|s| s.parse().unwrap())
         .collect();
     let cidr: Ipv4Net = "10.244.0.0/16".parse().unwrap();
-    golden("masquerade.nft", &render_masquerade(cidr, &ips));
-    golden("masquerade-no-nodes.nft", &render_masquerade(cidr, &[]));
+    golden(
+        "masquerade.nft",
+        &render_masquerade(cidr, &ips, Mode::HostGw),
+    );
+    golden(
+        "masquerade-no-nodes.nft",
+        &render_masquerade(cidr, &[], Mode::HostGw),
+    );
+    golden(
+        "masquerade-vxlan.nft",
+        &render_masquerade(cidr, &ips, Mode::Vxlan),
+    );
 }
 
 #[test]
