@@ -163,11 +163,9 @@ mod tests {
     #[test]
     fn the_default_workload_parses() {
         let docs = parse(include_str!("workload.yaml")).unwrap();
-        assert_eq!(docs.len(), 6);
-        assert!(
-            docs.iter()
-                .all(|d| d.ar.plural == "pods" && d.namespace == "default")
-        );
+        let kinds: Vec<&str> = docs.iter().map(|d| d.ar.plural.as_str()).collect();
+        assert_eq!(kinds, [&["pods"; 6][..], &["services"; 2]].concat());
+        assert!(docs.iter().all(|d| d.namespace == "default"));
     }
 
     #[test]
