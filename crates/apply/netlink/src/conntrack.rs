@@ -40,8 +40,7 @@
 //! filtered dump and one `sendmsg` per [`DELETES_PER_SEND`] entries, whatever the number
 //! of endpoints removed.
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-use nix::sys::socket::{setsockopt, sockopt};
+use netlink_sys::Socket;
 use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -177,25 +176,8 @@ fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> ConntrackError {
 impl Conntrack {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(sock_err("socket"))?;
-        socket.bind_auto().map_err(sock_err("bind"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(sock_err("connect"))?;
-        // Errors carry only the failing message's header, plus the kernel's explanation
-        // when it has one; both best effort.
-        let _ = socket.set_cap_ack(true);
-        let _ = socket.set_ext_ack(true);
-        if setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &RCVBUF).is_err() {
-            let _ = setsockopt(&socket.as_fd(), sockopt::RcvBuf, &RCVBUF);
-        }
-        let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
-        setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &timeout).map_err(|e| {
-            ConntrackError::Socket {
-                op: "SO_RCVTIMEO",
-                source: e.into(),
-            }
-        })?;
+        let socket = crate::netfilter::open(RCVBUF, REPLY_TIMEOUT)
+            .map_err(|(op, source)| ConntrackError::Socket { op, source })?;
         Ok(Conntrack {
             socket,
             seq: 0,

@@ -15,6 +15,7 @@ mod addr;
 pub mod conntrack;
 mod link;
 mod neigh;
+mod netfilter;
 pub mod netns;
 pub mod nftables;
 mod route;

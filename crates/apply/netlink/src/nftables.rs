@@ -16,7 +16,7 @@
 //! table first, which costs seconds at tens of thousands of chains. See podnet-nft's crate
 //! docs for the rest of the design.
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::Socket;
 use nix::sys::socket::{setsockopt, sockopt};
 use podnet_nft::{Batch, EncodeError, Op, Transaction, encode_transaction, render_op};
 use std::io;
@@ -92,25 +92,8 @@ fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> NftError {
 impl Nftables {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, NftError> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(sock_err("socket"))?;
-        socket.bind_auto().map_err(sock_err("bind"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(sock_err("connect"))?;
-        // Errors carry only the failing message's header (not its up to 64 KiB body), and
-        // the kernel's explanation when it has one. Both are best effort.
-        let _ = socket.set_cap_ack(true);
-        let _ = socket.set_ext_ack(true);
-        if setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &RCVBUF).is_err() {
-            let _ = setsockopt(&socket.as_fd(), sockopt::RcvBuf, &RCVBUF);
-        }
-        let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
-        setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &timeout).map_err(|e| {
-            NftError::Socket {
-                op: "SO_RCVTIMEO",
-                source: e.into(),
-            }
-        })?;
+        let socket = crate::netfilter::open(RCVBUF, REPLY_TIMEOUT)
+            .map_err(|(op, source)| NftError::Socket { op, source })?;
         Ok(Nftables {
             socket,
             seq: 0,
