@@ -342,7 +342,8 @@ pub fn render_base(config: &ProxyConfig) -> Table {
 }
 
 /// The objects of one service port, given its index ranges (allocated by the caller for
-/// the pickers [`pickers_needed`] says it needs).
+/// the pickers it has endpoints for: `cluster` for `cluster_endpoints`, `local` for
+/// `local_endpoints`).
 pub fn render_port(port: &ServicePort, ranges: Ranges, config: &ProxyConfig) -> PortObjects {
     let name = &port.name;
     let mut out = PortObjects::default();
@@ -464,11 +465,6 @@ pub fn render_port(port: &ServicePort, ranges: Ranges, config: &ProxyConfig) -> 
         ));
     }
     out
-}
-
-/// Which pickers (cluster, local) a port needs index ranges for.
-pub fn pickers_needed(port: &ServicePort) -> (usize, usize) {
-    (port.cluster_endpoints.len(), port.local_endpoints.len())
 }
 
 /// A picker chain over `eps` using indexes `base..base + eps.len()`.
