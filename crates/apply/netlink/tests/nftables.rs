@@ -630,3 +630,34 @@ fn dnat_map_reaches_real_listeners() {
     assert_eq!(seen.values().sum::<i32>(), 40);
     assert!(served.iter().all(|n| *n >= 2), "{served:?}");
 }
+
+/// (1c) A typeof-keyed verdict map (the services table's `endpoint-chains-K`) sent through
+/// netlink lists as nft itself would list it, and nft can read that listing back.
+#[test]
+fn typeof_verdict_map_lists_and_reads_back() {
+    let mut nss = Namespaces::new("tvm");
+    let (a, b) = (nss.ns("netlink"), nss.ns("reload"));
+    let mut table = Table::new(Family::Ip, "podnet-tvm");
+    table.sets.push((
+        Set {
+            key: KeyDecl::Typeof(vec![Expr::Numgen {
+                modulus: 1,
+                offset: 0,
+            }]),
+            data: Some(SetData::Verdict),
+            ..Set::new("endpoint-chains-0", vec![])
+        },
+        vec![],
+    ));
+    nft_in(&a)
+        .apply(&Transaction::replace_table(&table))
+        .expect("apply through netlink");
+    let listing = list_table(&a, "ip", "podnet-tvm");
+    assert!(
+        listing.contains("typeof numgen random mod 1 : verdict"),
+        "{listing}"
+    );
+    let (ok, _, err) = nft_tool(&b, &["-f", "-"], Some(&listing));
+    assert!(ok, "nft cannot read the listing back: {err}\n{listing}");
+    assert_eq!(list_table(&b, "ip", "podnet-tvm"), listing);
+}

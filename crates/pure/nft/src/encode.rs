@@ -134,6 +134,8 @@ const UDATA_SET_DATA_INTERVAL: u8 = 6;
 const UDATA_SET_COMMENT: u8 = 7;
 const UDATA_RULE_COMMENT: u8 = 0;
 /// nft's `enum expr_types` numbers of the expressions a `typeof` can name.
+/// nft's `enum expr_types` (src/expression.h), as stored in typeof user data.
+const EXPR_VERDICT: u32 = 1;
 const EXPR_PAYLOAD: u32 = 7;
 const EXPR_META: u32 = 9;
 const EXPR_CONCAT: u32 = 13;
@@ -570,6 +572,14 @@ fn set_udata(s: &Set, key: &[TypeInfo], data: Option<&Option<Vec<TypeInfo>>>) ->
     match &s.data {
         Some(SetData::Typeof(es)) => typeof_udata(&mut u, UDATA_SET_DATA_TYPEOF, es),
         Some(SetData::Types(ts)) if ts.len() > 1 => concat_marker(&mut u, UDATA_SET_DATA_TYPEOF),
+        // nft writes a verdict "expression" for the data of a typeof-keyed map; without it
+        // nft lists the key as `type 0` and cannot read its own listing back.
+        Some(SetData::Verdict) if matches!(s.key, KeyDecl::Typeof(_)) => {
+            udata_nest(&mut u, UDATA_SET_DATA_TYPEOF, |u| {
+                udata_u32(u, 0, EXPR_VERDICT);
+                udata_nest(u, 1, |_| {});
+            })
+        }
         _ => {}
     }
     if s.data.is_some() {

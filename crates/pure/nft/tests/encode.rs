@@ -425,3 +425,41 @@ fn invalid_ir_is_refused_with_the_op_index() {
     assert!(!is_valid_name(&"a".repeat(256)));
     assert!(is_valid_name(&"a".repeat(255)));
 }
+
+/// A typeof-keyed verdict map (podnet's `endpoint-chains-K`) carries the same user data as
+/// nft's, so `nft list` prints `typeof numgen ... : verdict` and can read it back. Bytes
+/// from `nft --debug=mnl add map ip t m "{ typeof numgen inc mod 1 : verdict; }"` (nft
+/// 1.0.6), with the numgen type byte changed from inc (0) to random (1), which podnet uses.
+#[test]
+fn typeof_verdict_map_user_data_matches_nft() {
+    let mut tx = Transaction::new(Family::Ip, "t");
+    tx.push(Op::AddTable).push(Op::AddSet(Set {
+        key: KeyDecl::Typeof(vec![Expr::Numgen {
+            modulus: 1,
+            offset: 0,
+        }]),
+        data: Some(SetData::Verdict),
+        ..Set::new("m", vec![])
+    }));
+    let batch = encode_transaction(&tx, 0).unwrap();
+    let set = messages(&batch.bytes)
+        .into_iter()
+        .find(|(ty, _)| *ty == (10 << 8) | 9)
+        .expect("a NEWSET message")
+        .1;
+    let want = concat!(
+        "000401000000",                             // key byte order: host
+        "010400000000",                             // data byte order
+        "031a",                                     // key typeof:
+        "000417000000",                             //   expression 23 (numgen)
+        "0112000401000000010401000000020400000000", //   random, mod 1, offset 0
+        "0408000401000000",                         // data typeof: expression 1 (verdict)...
+        "0100",                                     // ...with no attributes
+        "060400000000",                             // data interval: no
+    );
+    let got = hex(&set);
+    assert!(
+        got.contains(want),
+        "set user data differs from nft's:\n{got}\nwant it to contain\n{want}"
+    );
+}
