@@ -182,6 +182,10 @@ impl<T: TransactionOps> ServiceSyncer<T> {
     pub fn kernel(&self) -> &T {
         &self.kernel
     }
+
+    pub fn kernel_mut(&mut self) -> &mut T {
+        &mut self.kernel
+    }
 }
 
 /// A shared syncer: the sync loop and the `/services` dump use it.
