@@ -77,7 +77,16 @@ fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
 
 fn listing(ns: &str) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "list", "table", "ip", "podnet-services"])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "podnet-services",
+        ])
         .output()
         .expect("run nft");
     assert!(
@@ -90,7 +99,10 @@ fn listing(ns: &str) -> String {
 
 #[test]
 fn refused_transaction_keeps_previous_rules_and_is_retried_as_a_replace() {
-    assert!(nix::unistd::geteuid().is_root(), "needs root (does not skip)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root (does not skip)"
+    );
     let ns = Ns(format!("pnt{}-retry", std::process::id()));
     let _ = netns::delete_named(&ns.0);
     netns::create_named(&ns.0).expect("create namespace");
@@ -132,8 +144,15 @@ fn refused_transaction_keeps_previous_rules_and_is_retried_as_a_replace() {
     syncer.kernel_mut().fail_next = true;
     let moved = [slice("web", &["10.244.2.7"])];
     let err = syncer.sync(&services, &moved).unwrap_err();
-    assert!(format!("{err:#}").contains("previous rules stay"), "{err:#}");
-    assert_eq!(listing(&ns.0), before, "a refused transaction changed the table");
+    assert!(
+        format!("{err:#}").contains("previous rules stay"),
+        "{err:#}"
+    );
+    assert_eq!(
+        listing(&ns.0),
+        before,
+        "a refused transaction changed the table"
+    );
 
     // The retry replaces the whole table (not a difference against state the kernel
     // never got) and lands the move.
