@@ -4,13 +4,14 @@
 //! stored form is the typed round trip (unknown fields dropped, as the real server does).
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::net::IpAddr;
 
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::resource::Kind;
@@ -92,6 +93,7 @@ pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
                     check_port(&mut causes, &format!("ports[{i}].port"), n, false);
                 }
             }
+            validate_slice(&mut causes, &es);
             encode(&es)?
         }
         Kind::NetworkPolicy => {
@@ -379,6 +381,137 @@ fn validate_service(causes: &mut Vec<Cause>, svc: &mut Service, service_cidr: Ip
         spec.external_traffic_policy
             .get_or_insert_with(|| "Cluster".into());
     }
+    validate_service_policies(causes, spec, &ty);
+}
+
+/// Affinity, traffic policies and external addresses, with the real API server's messages
+/// (pkg/apis/core/validation: ValidateService).
+fn validate_service_policies(causes: &mut Vec<Cause>, spec: &ServiceSpec, ty: &str) {
+    let one_of = |field: &str, v: &str, allowed: &[&str]| {
+        let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        cause(
+            field,
+            format!(
+                "Unsupported value: {v:?}: supported values: {}",
+                list.join(", ")
+            ),
+        )
+    };
+    if let Some(a) = spec.session_affinity.as_deref()
+        && !matches!(a, "ClientIP" | "None")
+    {
+        causes.push(one_of("spec.sessionAffinity", a, &["ClientIP", "None"]));
+    }
+    if let Some(t) = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+    {
+        let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+        if spec.session_affinity.as_deref() != Some("ClientIP") {
+            causes.push(cause(
+                field,
+                format!(
+                    "Invalid value: {t}: must not be set when `sessionAffinity` is not ClientIP"
+                ),
+            ));
+        } else if !(1..=MAX_AFFINITY_SECONDS).contains(&t) {
+            causes.push(cause(
+                field,
+                format!("Invalid value: {t}: must be greater than 0 and less than {MAX_AFFINITY_SECONDS}"),
+            ));
+        }
+    }
+    if let Some(p) = spec.external_traffic_policy.as_deref() {
+        if !matches!(ty, "NodePort" | "LoadBalancer") {
+            causes.push(cause(
+                "spec.externalTrafficPolicy",
+                format!("Invalid value: {p:?}: may only be set when `type` is 'NodePort' or 'LoadBalancer'"),
+            ));
+        } else if !matches!(p, "Cluster" | "Local") {
+            causes.push(one_of(
+                "spec.externalTrafficPolicy",
+                p,
+                &["Cluster", "Local"],
+            ));
+        }
+    }
+    if let Some(p) = spec.internal_traffic_policy.as_deref()
+        && !matches!(p, "Cluster" | "Local")
+    {
+        causes.push(one_of(
+            "spec.internalTrafficPolicy",
+            p,
+            &["Cluster", "Local"],
+        ));
+    }
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        if ip.parse::<IpAddr>().is_err() {
+            causes.push(cause(
+                format!("spec.externalIPs[{i}]"),
+                format!("Invalid value: {ip:?}: must be a valid IP address"),
+            ));
+        }
+    }
+    if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+        if ty != "LoadBalancer" {
+            causes.push(cause(
+                "spec.loadBalancerIP",
+                format!("Invalid value: {ip:?}: may only be used when `type` is 'LoadBalancer'"),
+            ));
+        } else if ip.parse::<IpAddr>().is_err() {
+            causes.push(cause(
+                "spec.loadBalancerIP",
+                format!("Invalid value: {ip:?}: must be a valid IP address"),
+            ));
+        }
+    }
+}
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` upper bound (core/v1 MaxClientIPServiceAffinitySeconds).
+const MAX_AFFINITY_SECONDS: i32 = 86400;
+
+/// Endpoints of an IP slice: exactly one address of the slice's family (the real API's
+/// ValidateEndpointSlice), and port protocols the API knows.
+fn validate_slice(causes: &mut Vec<Cause>, es: &EndpointSlice) {
+    for (i, p) in es.ports.iter().flatten().enumerate() {
+        check_protocol(
+            causes,
+            &format!("ports[{i}].protocol"),
+            p.protocol.as_deref(),
+        );
+    }
+    if es.address_type == "FQDN" {
+        return;
+    }
+    for (i, e) in es.endpoints.iter().enumerate() {
+        let field = format!("endpoints[{i}].addresses");
+        if e.addresses.len() != 1 {
+            causes.push(cause(
+                field.clone(),
+                format!(
+                    "Invalid value: {}: must contain exactly 1 address",
+                    e.addresses.len()
+                ),
+            ));
+        }
+        for (j, a) in e.addresses.iter().enumerate() {
+            let ok = match es.address_type.as_str() {
+                "IPv4" => a.parse::<std::net::Ipv4Addr>().is_ok(),
+                _ => a.parse::<std::net::Ipv6Addr>().is_ok(),
+            };
+            if !ok {
+                causes.push(cause(
+                    format!("{field}[{j}]"),
+                    format!(
+                        "Invalid value: {a:?}: must be a valid {} address",
+                        es.address_type
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 fn validate_network_policy(causes: &mut Vec<Cause>, np: &NetworkPolicy) {
@@ -531,5 +664,83 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    fn fields_of(kind: Kind, v: serde_json::Value) -> Vec<String> {
+        let cidr: IpNet = "10.96.0.0/12".parse().unwrap();
+        match admit(kind, &v, cidr) {
+            Ok(_) => vec![],
+            Err(e) => e.causes.iter().map(|c| c.field.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn service_policies_and_addresses_are_checked() {
+        let svc = |spec: serde_json::Value| {
+            let mut s = json!({"metadata": {"name": "web"},
+                               "spec": {"ports": [{"port": 80}], "selector": {"a": "b"}}});
+            for (k, v) in spec.as_object().unwrap() {
+                s["spec"][k] = v.clone();
+            }
+            fields_of(Kind::Service, s)
+        };
+        assert!(
+            svc(json!({"sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}))
+            .is_empty()
+        );
+        assert_eq!(
+            svc(json!({"sessionAffinity": "Sticky"})),
+            ["spec.sessionAffinity"]
+        );
+        assert_eq!(
+            svc(json!({"sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}})),
+            ["spec.sessionAffinityConfig.clientIP.timeoutSeconds"]
+        );
+        assert_eq!(
+            svc(json!({"externalTrafficPolicy": "Local"})),
+            ["spec.externalTrafficPolicy"],
+            "only NodePort and LoadBalancer have an external policy"
+        );
+        assert_eq!(
+            svc(json!({"type": "NodePort", "externalTrafficPolicy": "Nearest"})),
+            ["spec.externalTrafficPolicy"]
+        );
+        assert_eq!(
+            svc(json!({"internalTrafficPolicy": "Node"})),
+            ["spec.internalTrafficPolicy"]
+        );
+        assert_eq!(
+            svc(json!({"externalIPs": ["172.18.254.1", "300.1.1.1"]})),
+            ["spec.externalIPs[1]"]
+        );
+        assert_eq!(
+            svc(json!({"loadBalancerIP": "172.18.255.9"})),
+            ["spec.loadBalancerIP"]
+        );
+        assert!(svc(json!({"type": "LoadBalancer", "loadBalancerIP": "172.18.255.9"})).is_empty());
+    }
+
+    #[test]
+    fn endpoint_slice_addresses_and_protocols_are_checked() {
+        let slice = |addresses: serde_json::Value, protocol: &str| {
+            fields_of(
+                Kind::EndpointSlice,
+                json!({"metadata": {"name": "web-1"}, "addressType": "IPv4",
+                       "endpoints": [{"addresses": addresses}],
+                       "ports": [{"port": 80, "protocol": protocol}]}),
+            )
+        };
+        assert!(slice(json!(["10.244.1.5"]), "TCP").is_empty());
+        assert_eq!(
+            slice(json!(["fd00::1"]), "TCP"),
+            ["endpoints[0].addresses[0]"]
+        );
+        assert_eq!(
+            slice(json!(["10.244.1.5", "10.244.1.6"]), "UDP"),
+            ["endpoints[0].addresses"]
+        );
+        assert_eq!(slice(json!(["10.244.1.5"]), "ICMP"), ["ports[0].protocol"]);
     }
 }
