@@ -661,3 +661,42 @@ fn typeof_verdict_map_lists_and_reads_back() {
     assert!(ok, "nft cannot read the listing back: {err}\n{listing}");
     assert_eq!(list_table(&b, "ip", "podnet-tvm"), listing);
 }
+
+/// (1d) `diff_tables` against the kernel: walking a table through several shapes by
+/// differences leaves exactly what loading the last shape whole leaves.
+#[test]
+fn table_differences_land_exactly_the_new_table() {
+    let mut nss = Namespaces::new("diff");
+    let (a, b) = (nss.ns("steps"), nss.ns("whole"));
+    let mut nft = nft_in(&a);
+    let shapes = [(5, 3), (8, 2), (3, 4), (3, 4), (6, 1)];
+    let mut current: Option<Table> = None;
+    for (services, endpoints) in shapes {
+        let next = example::services_table("podnet-diff", services, endpoints);
+        let tx = match &current {
+            None => Transaction::replace_table(&next),
+            Some(old) => diff_tables(old, &next),
+        };
+        if current.as_ref() == Some(&next) {
+            assert!(tx.is_empty(), "no change must send nothing");
+        }
+        if !tx.is_empty() {
+            nft.apply(&tx).unwrap_or_else(|e| {
+                panic!("{services}x{endpoints}: {e}\n{}", render_transaction(&tx))
+            });
+        }
+        current = Some(next);
+    }
+    nft_in(&b)
+        .apply(&Transaction::replace_table(current.as_ref().unwrap()))
+        .unwrap();
+    let sorted = |s: String| {
+        let mut l: Vec<String> = s.lines().map(String::from).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        sorted(list_table(&a, "ip", "podnet-diff")),
+        sorted(list_table(&b, "ip", "podnet-diff"))
+    );
+}

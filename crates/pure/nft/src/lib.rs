@@ -28,12 +28,14 @@
 //! set userdata with byte orders and `typeof` expressions), so `nft list` prints what
 //! podnet wrote exactly as if nft had written it.
 
+pub mod diff;
 pub mod encode;
 pub mod example;
 pub mod ir;
 pub mod render;
 mod types;
 
+pub use diff::diff_tables;
 pub use encode::{Batch, EncodeError, encode_transaction, validate};
 pub use ir::*;
 pub use render::{render_op, render_rule, render_table, render_transaction};
