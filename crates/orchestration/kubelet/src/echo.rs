@@ -9,9 +9,18 @@
 //! machine-parsable line ([`parse_reply`]) rather than JSON, so `busybox wget`, `curl`, `nc`
 //! and a plain `connect` all read it.
 //!
+//! SCTP ports answer an INIT with an INIT-ACK whose State Cookie is the line
+//! ([`crate::sctp`]), spoken on a raw socket: the lab's kernel has no SCTP stack
+//! (`CONFIG_IP_SCTP` unset, so no SCTP sockets) but does track and NAT SCTP. That first
+//! exchange is all a Service needs to show: the INIT is DNATed to an endpoint (the line names
+//! it and the source it saw), the INIT-ACK is un-NATed back (the client accepts it only from
+//! the address and port it sent to, with its own tag) with the CRC32c recomputed, and
+//! conntrack holds the SCTP flow. Not proven: data transfer, multi-homing.
+//!
 //! Environment: `POD_NAME`, `POD_NAMESPACE`, `POD_IP`, `NODE_NAME`, `CONTAINER_NAME`,
-//! `ECHO_TCP_PORTS` and `ECHO_UDP_PORTS` (comma lists). With no port at all it serves TCP
-//! 8080 — a pod of image `podnet/echo` that declares no port still answers somewhere.
+//! `ECHO_TCP_PORTS`, `ECHO_UDP_PORTS` and `ECHO_SCTP_PORTS` (comma lists). With no port at
+//! all it serves TCP 8080 — a pod of image `podnet/echo` that declares no port still answers
+//! somewhere.
 
 use anyhow::{Context, Result, bail};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -58,6 +67,7 @@ pub struct EchoReply {
 pub struct Ports {
     pub tcp: Vec<u16>,
     pub udp: Vec<u16>,
+    pub sctp: Vec<u16>,
 }
 
 /// Pure: the answer line for one peer.
@@ -144,35 +154,48 @@ pub fn run_from_env() -> Result<()> {
     let mut ports = Ports {
         tcp: parse_ports(&var("ECHO_TCP_PORTS")).context("ECHO_TCP_PORTS")?,
         udp: parse_ports(&var("ECHO_UDP_PORTS")).context("ECHO_UDP_PORTS")?,
+        sctp: parse_ports(&var("ECHO_SCTP_PORTS")).context("ECHO_SCTP_PORTS")?,
     };
-    if ports.tcp.is_empty() && ports.udp.is_empty() {
+    if ports.tcp.is_empty() && ports.udp.is_empty() && ports.sctp.is_empty() {
         ports.tcp.push(DEFAULT_PORT);
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("building the echo runtime")?
-        .block_on(async move {
-            let servers = bind(Ipv4Addr::UNSPECIFIED, &ports).await?;
-            eprintln!("echo: serving tcp {:?} udp {:?}", ports.tcp, ports.udp);
-            serve(id, servers).await
-        })
+        .context("building the echo runtime")?;
+    let result = rt.block_on(async move {
+        let servers = bind(Ipv4Addr::UNSPECIFIED, &ports).await?;
+        eprintln!(
+            "echo: serving tcp {:?} udp {:?} sctp {:?}",
+            ports.tcp, ports.udp, ports.sctp
+        );
+        serve(id, servers).await
+    });
+    // The SCTP server is a blocking thread that never returns: do not wait for it.
+    rt.shutdown_background();
+    result
 }
 
 /// Bound sockets, ready to serve.
 pub struct Servers {
     pub tcp: Vec<TcpListener>,
     pub udp: Vec<UdpSocket>,
+    /// The raw SCTP socket and the ports it answers (none when no SCTP port is served).
+    pub sctp: Option<(crate::sctp::Listener, Vec<u16>)>,
 }
 
 /// Binds every port on `addr` (port 0 binds an ephemeral one; see the sockets' local
-/// addresses).
+/// addresses). SCTP ports share one raw socket that sees every address of the namespace.
 pub async fn bind(addr: Ipv4Addr, ports: &Ports) -> Result<Servers> {
     let mut servers = Servers {
         tcp: Vec::new(),
         udp: Vec::new(),
+        sctp: None,
     };
+    if !ports.sctp.is_empty() {
+        servers.sctp = Some((crate::sctp::Listener::open()?, ports.sctp.clone()));
+    }
     for &p in &ports.tcp {
         servers.tcp.push(
             TcpListener::bind((addr, p))
@@ -227,6 +250,14 @@ pub async fn serve(id: Identity, servers: Servers) -> Result<()> {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
+            }
+        });
+    }
+    if let Some((listener, ports)) = servers.sctp {
+        let id = id.clone();
+        tasks.spawn_blocking(move || {
+            if let Err(e) = listener.serve(&id, &ports) {
+                eprintln!("echo: {e:#}");
             }
         });
     }
@@ -347,6 +378,7 @@ mod tests {
             &Ports {
                 tcp: vec![0],
                 udp: vec![0],
+                sctp: vec![],
             },
         )
         .await

@@ -3,13 +3,14 @@
 //!
 //! Layers inside the crate: [`plan`] is pure (decisions, status objects), [`state`] and
 //! [`sandbox`] apply (files; namespaces, CNI, processes), [`kubelet`] is the loop, [`cni`]
-//! the libcni-like conflist executor, [`echo`] the workload.
+//! the libcni-like conflist executor, [`echo`] the workload ([`sctp`] its SCTP packets).
 
 pub mod cni;
 pub mod echo;
 mod kubelet;
 pub mod plan;
 pub mod sandbox;
+pub mod sctp;
 pub mod state;
 
 /// How one node's kubelet runs.

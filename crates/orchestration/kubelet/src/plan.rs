@@ -322,17 +322,18 @@ pub fn plan_process(
         ("NODE_NAME".into(), node.into()),
         ("CONTAINER_NAME".into(), container.name.clone()),
     ];
-    let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+    let (mut tcp, mut udp, mut sctp) = (Vec::new(), Vec::new(), Vec::new());
     for p in container.ports.iter().flatten() {
         match p.protocol.as_deref().unwrap_or("TCP") {
             "UDP" => udp.push(p.container_port.to_string()),
             "TCP" => tcp.push(p.container_port.to_string()),
-            // SCTP: the echo server has no SCTP listener yet.
+            "SCTP" => sctp.push(p.container_port.to_string()),
             _ => {}
         }
     }
     env.push(("ECHO_TCP_PORTS".into(), tcp.join(",")));
     env.push(("ECHO_UDP_PORTS".into(), udp.join(",")));
+    env.push(("ECHO_SCTP_PORTS".into(), sctp.join(",")));
     let image = container.image.as_deref().unwrap_or("");
     let cwd = PathBuf::from(container.working_dir.as_deref().unwrap_or("/"));
     if is_echo_image(image) {
@@ -968,6 +969,7 @@ mod tests {
         assert_eq!(env["CONTAINER_NAME"], "echo");
         assert_eq!(env["ECHO_TCP_PORTS"], "8080,9000");
         assert_eq!(env["ECHO_UDP_PORTS"], "53");
+        assert_eq!(env["ECHO_SCTP_PORTS"], "7");
     }
 
     #[test]

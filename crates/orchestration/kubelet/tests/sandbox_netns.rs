@@ -195,6 +195,7 @@ fn sandbox_lifecycle_leaves_nothing() {
             let servers = echo::Servers {
                 tcp: vec![tokio::net::TcpListener::from_std(listener).unwrap()],
                 udp: vec![],
+                sctp: None,
             };
             let id = echo::Identity {
                 pod: "web".into(),

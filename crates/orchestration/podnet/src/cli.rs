@@ -41,6 +41,13 @@ enum Cmd {
     /// Internal: delete a veth pair the CNI plugin's DEL retired (run detached by DEL).
     #[command(hide = true)]
     ReapLink { name: String },
+    /// Internal: one SCTP INIT → INIT-ACK with an echo server (raw socket); prints its line.
+    #[command(hide = true)]
+    SctpProbe {
+        addr: std::net::SocketAddrV4,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Args)]
@@ -142,6 +149,19 @@ pub fn run() -> Result<()> {
         Cmd::Apiserver(a) => crate::roles::apiserver(a),
         Cmd::Kubelet(a) => crate::roles::kubelet(a),
         Cmd::Echo => podnet_kubelet::echo::run_from_env(),
+        Cmd::SctpProbe { addr, timeout_ms } => {
+            let r =
+                podnet_kubelet::sctp::probe(addr, std::time::Duration::from_millis(timeout_ms))?;
+            let id = podnet_kubelet::echo::Identity {
+                pod: r.pod,
+                namespace: r.namespace,
+                ip: r.ip,
+                node: r.node,
+                container: r.container,
+            };
+            print!("{}", podnet_kubelet::echo::render_reply(&id, r.peer));
+            Ok(())
+        }
         Cmd::Cni { verb } => match *verb {
             CniVerb::Add(a) => {
                 let (rt, list) = a.rt.build()?;
