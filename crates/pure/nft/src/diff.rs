@@ -8,8 +8,8 @@
 //!   is deleted and re-added in the same transaction: nf_tables refuses to overwrite it);
 //! - a regular chain whose rules changed: flushed and refilled (atomic inside the
 //!   transaction: no packet sees it empty);
-//! - new sets and chains are added first, removed ones deleted last, after every rule
-//!   and element that could name them is gone;
+//! - new sets and chains are added first, removed ones deleted last (sets, then chains),
+//!   after every rule and element that could name them is gone;
 //! - anything nf_tables cannot change in place (a set's declaration, a base chain's hook,
 //!   the table's family) makes the result a whole-table replace
 //!   ([`Transaction::replace_table`]), which is atomic too.
@@ -114,16 +114,18 @@ pub fn diff_tables(old: &Table, new: &Table) -> Transaction {
     tx.ops.extend(flushes);
     tx.ops.extend(rules);
     tx.ops.extend(adds);
-    tx.ops.extend(
-        gone_chains
-            .iter()
-            .map(|(c, _)| Op::DeleteChain(c.name.clone())),
-    );
+    // Removed sets before removed chains: a removed verdict map's elements may still name
+    // a removed chain (the kernel refuses to delete a chain something jumps to).
     tx.ops.extend(
         old.sets
             .iter()
             .filter(|(s, _)| !new_sets.contains_key(s.name.as_str()))
             .map(|(s, _)| Op::DeleteSet(s.name.clone())),
+    );
+    tx.ops.extend(
+        gone_chains
+            .iter()
+            .map(|(c, _)| Op::DeleteChain(c.name.clone())),
     );
     tx
 }

@@ -684,6 +684,9 @@ fn value_bytes(v: &Value, end: bool, out: &mut Vec<u8>) {
             let (first, last) = v6_range(*a, *l);
             out.extend_from_slice(&if end { last } else { first }.octets());
         }
+        Value::PortRange(first, last) => {
+            out.extend_from_slice(&if end { last } else { first }.to_be_bytes());
+        }
     }
 }
 
@@ -707,8 +710,12 @@ fn v6_range(a: Ipv6Addr, len: u8) -> (Ipv6Addr, Ipv6Addr) {
     (Ipv6Addr::from(first), Ipv6Addr::from(first | !mask))
 }
 
+/// Whether a value is a range (a prefix or a port range): interval sets only.
 fn is_prefix(v: &Value) -> bool {
-    matches!(v, Value::Ipv4Prefix(..) | Value::Ipv6Prefix(..))
+    matches!(
+        v,
+        Value::Ipv4Prefix(..) | Value::Ipv6Prefix(..) | Value::PortRange(..)
+    )
 }
 
 /// A key, each component padded to 4 bytes when there are several.
@@ -741,6 +748,7 @@ fn after_prefix(v: &Value) -> Option<Vec<u8>> {
                 .checked_add(1)
                 .map(|n| Ipv6Addr::from(n).octets().to_vec())
         }
+        Value::PortRange(_, last) => last.checked_add(1).map(|n| n.to_be_bytes().to_vec()),
         _ => None,
     }
 }
@@ -1146,6 +1154,7 @@ fn encode_stmt(w: &mut Writer, s: &Stmt) {
                 Reject::IcmpPortUnreachable => (0u32, 3u8),
                 Reject::TcpReset => (1, 0),
                 Reject::IcmpxPortUnreachable => (2, 1),
+                Reject::IcmpAdminProhibited => (0, 13),
             };
             expr(w, "reject", |w| {
                 w.be32(1, ty); // NFTA_REJECT_TYPE
@@ -1189,7 +1198,7 @@ fn value_len(v: &Value) -> u32 {
         Value::Ipv4(_) | Value::Ipv4Prefix(..) => 4,
         Value::Ipv6(_) | Value::Ipv6Prefix(..) => 16,
         Value::Proto(_) => 1,
-        Value::Port(_) => 2,
+        Value::Port(_) | Value::PortRange(..) => 2,
         Value::Mark(_) | Value::Integer(_) | Value::AddrType(_) => 4,
         Value::IfName(_) => 16,
     }
@@ -1303,6 +1312,7 @@ fn check_values(vs: &[Value]) -> Result<(), String> {
             }
             Value::Ipv4Prefix(_, l) if *l > 32 => return Err(format!("prefix /{l}")),
             Value::Ipv6Prefix(_, l) if *l > 128 => return Err(format!("prefix /{l}")),
+            Value::PortRange(a, b) if a > b => return Err(format!("port range {a}-{b}")),
             _ => {}
         }
     }

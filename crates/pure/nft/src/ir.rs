@@ -186,6 +186,11 @@ pub enum Value {
     Ipv4Prefix(Ipv4Addr, u8),
     /// `fd00::/8`: in matches and interval sets only.
     Ipv6Prefix(Ipv6Addr, u8),
+    /// `80-90` (first <= last; `80-80` is the single port, listed as `80`): a port range,
+    /// in interval sets only. In a concatenated interval set every element needs its range
+    /// end, so exact values there are written as ranges (`Ipv4Prefix(a, 32)`,
+    /// `PortRange(p, p)`).
+    PortRange(u16, u16),
 }
 
 impl Value {
@@ -318,6 +323,9 @@ pub enum Reject {
     IcmpPortUnreachable,
     /// `reject with icmpx type port-unreachable` (inet family).
     IcmpxPortUnreachable,
+    /// `reject with icmp type admin-prohibited` (ip family; ICMP code 13, "communication
+    /// administratively prohibited": what a policy refusal says).
+    IcmpAdminProhibited,
 }
 
 /// Statements of a rule, evaluated left to right.

@@ -269,6 +269,8 @@ pub fn render_value(v: &Value) -> String {
         Value::Ipv6Prefix(a, 128) => a.to_string(),
         Value::Ipv4Prefix(a, l) => format!("{a}/{l}"),
         Value::Ipv6Prefix(a, l) => format!("{a}/{l}"),
+        Value::PortRange(a, b) if a == b => a.to_string(),
+        Value::PortRange(a, b) => format!("{a}-{b}"),
     }
 }
 
@@ -402,6 +404,7 @@ fn render_stmt(s: &Stmt) -> String {
             Reject::TcpReset => "reject with tcp reset".into(),
             Reject::IcmpPortUnreachable => "reject with icmp type port-unreachable".into(),
             Reject::IcmpxPortUnreachable => "reject with icmpx type port-unreachable".into(),
+            Reject::IcmpAdminProhibited => "reject with icmp type admin-prohibited".into(),
         },
         Stmt::Counter => "counter".into(),
         Stmt::SetUpdate { set, keys, timeout } => match timeout {

@@ -1,0 +1,727 @@
+//! Pure: NetworkPolicy semantics (networking.k8s.io/v1) — which pods are isolated, per
+//! direction, and which peers and ports each isolated pod admits — as address segments
+//! with port sets, ready to become nf_tables interval maps.
+//!
+//! The rules, as the API reference states them:
+//! - a policy selects pods of its own namespace (`podSelector`; empty = all of them);
+//! - `policyTypes` omitted means Ingress, plus Egress when the policy has egress rules;
+//! - a pod is isolated for a direction when some policy selecting it has that type;
+//!   policies are additive (the union of what they allow), and a non-isolated direction
+//!   allows everything;
+//! - a rule with no peers (`from`/`to` empty) matches every address; with no ports, every
+//!   port and protocol; a peer with only `podSelector` means pods of the policy's
+//!   namespace, with `namespaceSelector` pods of the matching namespaces, with both the
+//!   pods matching both; `ipBlock` is a CIDR minus its `except` CIDRs;
+//! - a port is a number, a number range (`endPort`) or a name; a name is resolved per
+//!   destination pod from its containers' ports (same name and protocol) — for ingress the
+//!   selected pod, for egress each destination pod — and matches nothing where it does
+//!   not resolve.
+//!
+//! Choices where the API leaves room (each also made by Calico or Cilium):
+//! - `ipBlock` matches any address, pod addresses included;
+//! - host-network pods are not peers (their address is their node's: admitting it would
+//!   admit all of that node's traffic) and are not isolated;
+//! - a policy that cannot be read (an invalid CIDR, an unknown operator) is reported and
+//!   contributes no allowance, but still isolates the pods its `podSelector` picks: a
+//!   broken policy never opens traffic.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podnet_cluster::Selector;
+
+/// IP protocol numbers of the protocols a policy can name.
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const SCTP: u8 = 132;
+
+/// A NetworkPolicy podnet could not read: reported, never half-applied.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// `NetworkPolicy ns/name`.
+    pub object: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// A pod as policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    pub node: Option<String>,
+    /// Declared container ports: (name, protocol, number).
+    pub ports: Vec<(String, u8, u16)>,
+}
+
+impl PodView {
+    /// A Pod with an IPv4 address that is running (or about to), not on the host network.
+    pub fn from_pod(p: &Pod) -> Option<PodView> {
+        let spec = p.spec.as_ref()?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let status = p.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|cp| {
+                let name = cp.name.clone()?;
+                let proto = protocol(cp.protocol.as_deref())?;
+                Some((name, proto, u16::try_from(cp.container_port).ok()?))
+            })
+            .collect();
+        Some(PodView {
+            namespace: p
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            ip,
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            node: spec.node_name.clone(),
+            ports,
+        })
+    }
+
+    /// `ns/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn named_port(&self, name: &str, proto: u8) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == proto)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+fn protocol(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(TCP),
+        "UDP" => Some(UDP),
+        "SCTP" => Some(SCTP),
+        _ => None,
+    }
+}
+
+/// Pods and namespace labels: everything selectors are evaluated against.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub pods: Vec<PodView>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Cluster {
+    pub fn new(pods: &[Pod], namespaces: &[Namespace]) -> Cluster {
+        let namespaces = namespaces
+            .iter()
+            .filter_map(|n| {
+                let name = n.metadata.name.clone()?;
+                let mut labels = n.metadata.labels.clone().unwrap_or_default();
+                // The API server sets it; a namespace object written before it did still
+                // answers to it (NamespaceDefaultLabelName, GA in 1.22).
+                labels
+                    .entry("kubernetes.io/metadata.name".into())
+                    .or_insert_with(|| name.clone());
+                Some((name, labels))
+            })
+            .collect();
+        Cluster {
+            pods: pods.iter().filter_map(PodView::from_pod).collect(),
+            namespaces,
+        }
+    }
+
+    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(ns).cloned().unwrap_or_else(|| {
+            BTreeMap::from([("kubernetes.io/metadata.name".into(), ns.to_string())])
+        })
+    }
+}
+
+/// A port clause, normalized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortMatch {
+    /// A protocol's ports `first..=last` (a whole protocol is `0..=65535`).
+    Numbers { proto: u8, first: u16, last: u16 },
+    /// A container port name, resolved per destination pod.
+    Named { proto: u8, name: String },
+}
+
+/// A peer clause, normalized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods matching `pods` in the namespaces matching `namespaces` (`None`: the policy's
+    /// own namespace).
+    Pods {
+        namespaces: Option<Selector>,
+        pods: Selector,
+    },
+    /// `cidr` minus `except`.
+    Block { cidr: Ipv4Net, except: Vec<Ipv4Net> },
+}
+
+/// One ingress or egress rule: `None` peers or ports mean "all".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub peers: Option<Vec<Peer>>,
+    pub ports: Option<Vec<PortMatch>>,
+}
+
+/// A NetworkPolicy, normalized. `ingress`/`egress` are `None` when the policy does not
+/// have that type, `Some(rules)` when it does (no rules: it isolates and allows nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pods: Selector,
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    /// `ns/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn selects(&self, pod: &PodView) -> bool {
+        pod.namespace == self.namespace && self.pods.matches(&pod.labels)
+    }
+}
+
+/// Normalizes a NetworkPolicy. A policy with an unreadable rule comes back with no rules
+/// (isolating, allowing nothing) and the problem; one whose pod selector is unreadable
+/// comes back as `None`.
+pub fn read_policy(np: &NetworkPolicy) -> (Option<Policy>, Option<Problem>) {
+    let namespace = np
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = np.metadata.name.clone().unwrap_or_default();
+    let problem = |message: String| Problem {
+        object: format!("NetworkPolicy {namespace}/{name}"),
+        message,
+    };
+    let Some(spec) = np.spec.as_ref() else {
+        return (None, Some(problem("no spec".into())));
+    };
+    // An absent podSelector is the empty selector: every pod of the namespace.
+    let pods = match spec
+        .pod_selector
+        .as_ref()
+        .map(Selector::from_label_selector)
+        .unwrap_or(Ok(Selector::default()))
+    {
+        Ok(s) => s,
+        Err(e) => return (None, Some(problem(format!("podSelector: {e}")))),
+    };
+    let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+    let (ingress_type, egress_type) = match &spec.policy_types {
+        Some(types) => (
+            types.iter().any(|t| t == "Ingress"),
+            types.iter().any(|t| t == "Egress"),
+        ),
+        None => (true, has_egress_rules),
+    };
+    let read = |rules: Option<&Vec<NetworkPolicyRule>>, dir: &str| -> Result<Vec<Rule>, String> {
+        rules
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| read_rule(r).map_err(|e| format!("{dir}[{i}]: {e}")))
+            .collect()
+    };
+    let ingress_rules = spec.ingress.as_ref().map(|v| {
+        v.iter()
+            .map(|r| NetworkPolicyRule {
+                peers: r.from.clone(),
+                ports: r.ports.clone(),
+            })
+            .collect::<Vec<_>>()
+    });
+    let egress_rules = spec.egress.as_ref().map(|v| {
+        v.iter()
+            .map(|r| NetworkPolicyRule {
+                peers: r.to.clone(),
+                ports: r.ports.clone(),
+            })
+            .collect::<Vec<_>>()
+    });
+    let ingress = ingress_type.then(|| read(ingress_rules.as_ref(), "ingress"));
+    let egress = egress_type.then(|| read(egress_rules.as_ref(), "egress"));
+    let mut problems = Vec::new();
+    let mut keep = |r: Option<Result<Vec<Rule>, String>>| match r {
+        None => None,
+        Some(Ok(rules)) => Some(rules),
+        Some(Err(e)) => {
+            problems.push(e);
+            Some(Vec::new())
+        }
+    };
+    let policy = Policy {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        pods,
+        ingress: keep(ingress),
+        egress: keep(egress),
+    };
+    let problem = (!problems.is_empty()).then(|| {
+        problem(format!(
+            "{}; its pods stay isolated and it allows nothing",
+            problems.join("; ")
+        ))
+    });
+    (Some(policy), problem)
+}
+
+/// The shape both rule directions share.
+struct NetworkPolicyRule {
+    peers: Option<Vec<NetworkPolicyPeer>>,
+    ports: Option<Vec<NetworkPolicyPort>>,
+}
+
+fn read_rule(r: &NetworkPolicyRule) -> Result<Rule, String> {
+    let peers = match r.peers.as_deref() {
+        None | Some([]) => None,
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| read_peer(p).map_err(|e| format!("peer {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+        ),
+    };
+    let ports = match r.ports.as_deref() {
+        None | Some([]) => None,
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| read_port(p).map_err(|e| format!("ports[{i}]: {e}")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Rule { peers, ports })
+}
+
+/// A peer; `None` for an IPv6 block (this table is IPv4).
+fn read_peer(p: &NetworkPolicyPeer) -> Result<Option<Peer>, String> {
+    if let Some(b) = &p.ip_block {
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            return Err("ipBlock cannot be combined with selectors".into());
+        }
+        let cidr: ipnet::IpNet = b
+            .cidr
+            .parse()
+            .map_err(|_| format!("ipBlock.cidr {:?} is not a CIDR", b.cidr))?;
+        let ipnet::IpNet::V4(cidr) = cidr else {
+            return Ok(None);
+        };
+        let mut except = Vec::new();
+        for e in b.except.iter().flatten() {
+            match e.parse::<ipnet::IpNet>() {
+                Ok(ipnet::IpNet::V4(n)) if cidr.contains(&n) => except.push(n.trunc()),
+                Ok(ipnet::IpNet::V4(_)) => {
+                    return Err(format!("ipBlock.except {e:?} is not inside {cidr}"));
+                }
+                Ok(ipnet::IpNet::V6(_)) => {
+                    return Err(format!("ipBlock.except {e:?} is not IPv4 like its cidr"));
+                }
+                Err(_) => return Err(format!("ipBlock.except {e:?} is not a CIDR")),
+            }
+        }
+        return Ok(Some(Peer::Block {
+            cidr: cidr.trunc(),
+            except,
+        }));
+    }
+    let sel = |s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+        Selector::from_label_selector(s).map_err(|e| e.to_string())
+    };
+    let namespaces = p.namespace_selector.as_ref().map(sel).transpose()?;
+    let pods = p
+        .pod_selector
+        .as_ref()
+        .map(sel)
+        .transpose()?
+        .unwrap_or_default();
+    if namespaces.is_none() && p.pod_selector.is_none() {
+        return Err("a peer needs podSelector, namespaceSelector or ipBlock".into());
+    }
+    Ok(Some(Peer::Pods { namespaces, pods }))
+}
+
+fn read_port(p: &NetworkPolicyPort) -> Result<PortMatch, String> {
+    let proto = protocol(p.protocol.as_deref())
+        .ok_or_else(|| format!("protocol {:?} is not TCP, UDP or SCTP", p.protocol))?;
+    let in_range = |n: i32| u16::try_from(n).ok().filter(|n| *n > 0);
+    match (&p.port, p.end_port) {
+        (None, None) => Ok(PortMatch::Numbers {
+            proto,
+            first: 0,
+            last: 65535,
+        }),
+        (None, Some(_)) => Err("endPort needs port".into()),
+        (Some(IntOrString::String(_)), Some(_)) => Err("endPort needs a numeric port".into()),
+        (Some(IntOrString::String(name)), None) => Ok(PortMatch::Named {
+            proto,
+            name: name.clone(),
+        }),
+        (Some(IntOrString::Int(n)), end) => {
+            let first = in_range(*n).ok_or_else(|| format!("port {n} is not in 1-65535"))?;
+            let last = match end {
+                None => first,
+                Some(e) => in_range(e)
+                    .filter(|e| *e >= first)
+                    .ok_or_else(|| format!("endPort {e} is not in {first}-65535"))?,
+            };
+            Ok(PortMatch::Numbers { proto, first, last })
+        }
+    }
+}
+
+/// Ports allowed: every protocol and port, or a normalized list of per-protocol ranges.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortSet {
+    All,
+    /// Sorted, non-overlapping, non-adjacent `(protocol, first, last)`.
+    Ranges(Vec<(u8, u16, u16)>),
+}
+
+impl PortSet {
+    pub fn ranges(mut v: Vec<(u8, u16, u16)>) -> PortSet {
+        v.sort_unstable();
+        let mut out: Vec<(u8, u16, u16)> = Vec::with_capacity(v.len());
+        for (p, a, b) in v {
+            match out.last_mut() {
+                Some((lp, _, lb)) if *lp == p && u32::from(a) <= u32::from(*lb) + 1 => {
+                    *lb = (*lb).max(b)
+                }
+                _ => out.push((p, a, b)),
+            }
+        }
+        PortSet::Ranges(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, PortSet::Ranges(v) if v.is_empty())
+    }
+
+    pub fn union(&self, other: &PortSet) -> PortSet {
+        match (self, other) {
+            (PortSet::All, _) | (_, PortSet::All) => PortSet::All,
+            (PortSet::Ranges(a), PortSet::Ranges(b)) => {
+                PortSet::ranges(a.iter().chain(b).copied().collect())
+            }
+        }
+    }
+
+    pub fn contains(&self, proto: u8, port: u16) -> bool {
+        match self {
+            PortSet::All => true,
+            PortSet::Ranges(v) => v
+                .iter()
+                .any(|(p, a, b)| *p == proto && (*a..=*b).contains(&port)),
+        }
+    }
+}
+
+/// A run of addresses `first..=last` (as integers) allowed on `ports`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Segment {
+    pub first: u32,
+    pub last: u32,
+    pub ports: PortSet,
+}
+
+/// What one isolated pod admits in one direction: disjoint, sorted segments (addresses
+/// absent from every segment are refused).
+pub type Allowed = Vec<Segment>;
+
+/// Which policies isolate a pod in one direction, and what they allow together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Direction {
+    /// `ns/name` of the policies (sorted).
+    pub policies: Vec<String>,
+    pub allowed: Allowed,
+}
+
+/// A local pod's verdict inputs: `None` for a direction it is not isolated in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPolicy {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub ingress: Option<Direction>,
+    pub egress: Option<Direction>,
+}
+
+/// Reads every policy (problems reported, bad ones isolating without allowing).
+pub fn read_policies(policies: &[NetworkPolicy]) -> (Vec<Policy>, Vec<Problem>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for np in policies {
+        let (p, problem) = read_policy(np);
+        out.extend(p);
+        problems.extend(problem);
+    }
+    (out, problems)
+}
+
+/// The policy of every pod on `node` (every pod when `node` is `None`) that some policy
+/// isolates, sorted by pod IP.
+pub fn plan_pods(policies: &[Policy], cluster: &Cluster, node: Option<&str>) -> Vec<PodPolicy> {
+    let mut out: Vec<PodPolicy> = cluster
+        .pods
+        .iter()
+        .filter(|p| node.is_none() || p.node.as_deref() == node)
+        .filter_map(|pod| {
+            let ingress = direction(policies, cluster, pod, true);
+            let egress = direction(policies, cluster, pod, false);
+            (ingress.is_some() || egress.is_some()).then(|| PodPolicy {
+                pod: pod.key(),
+                ip: pod.ip,
+                ingress,
+                egress,
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.ip);
+    out
+}
+
+fn direction(
+    policies: &[Policy],
+    cluster: &Cluster,
+    pod: &PodView,
+    ingress: bool,
+) -> Option<Direction> {
+    let selecting: Vec<(&Policy, &Vec<Rule>)> = policies
+        .iter()
+        .filter(|p| p.selects(pod))
+        .filter_map(|p| {
+            let rules = if ingress { &p.ingress } else { &p.egress };
+            rules.as_ref().map(|r| (p, r))
+        })
+        .collect();
+    if selecting.is_empty() {
+        return None;
+    }
+    let mut runs = Vec::new();
+    for (policy, rules) in &selecting {
+        for rule in *rules {
+            runs.extend(rule_runs(policy, rule, cluster, pod, ingress));
+        }
+    }
+    let mut names: Vec<String> = selecting.iter().map(|(p, _)| p.key()).collect();
+    names.sort();
+    names.dedup();
+    Some(Direction {
+        policies: names,
+        allowed: merge(runs),
+    })
+}
+
+/// The (address run, ports) pairs one rule allows for `pod` (the selected pod).
+pub(crate) fn rule_runs(
+    policy: &Policy,
+    rule: &Rule,
+    cluster: &Cluster,
+    pod: &PodView,
+    ingress: bool,
+) -> Vec<Segment> {
+    let numbers: Vec<(u8, u16, u16)> = rule
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| match p {
+            PortMatch::Numbers { proto, first, last } => Some((*proto, *first, *last)),
+            PortMatch::Named { .. } => None,
+        })
+        .collect();
+    let named: Vec<(u8, &str)> = rule
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| match p {
+            PortMatch::Named { proto, name } => Some((*proto, name.as_str())),
+            PortMatch::Numbers { .. } => None,
+        })
+        .collect();
+    // The ports on which the rule admits traffic to `dst` (None: a non-pod address).
+    let ports_for =
+        |dst: Option<&PodView>| -> PortSet {
+            if rule.ports.is_none() {
+                return PortSet::All;
+            }
+            let mut v = numbers.clone();
+            if let Some(d) = dst {
+                v.extend(named.iter().filter_map(|(proto, name)| {
+                    d.named_port(name, *proto).map(|n| (*proto, n, n))
+                }));
+            }
+            PortSet::ranges(v)
+        };
+    let mut out = Vec::new();
+    let mut push = |first: u32, last: u32, ports: PortSet| {
+        if !ports.is_empty() {
+            out.push(Segment { first, last, ports });
+        }
+    };
+    // Named ports of egress rules resolve against each destination pod inside the peer.
+    let per_destination = !ingress && !named.is_empty();
+    let blocks = |peer_first: u32, peer_last: u32, push: &mut dyn FnMut(u32, u32, PortSet)| {
+        push(peer_first, peer_last, ports_for(None));
+        if per_destination {
+            for d in &cluster.pods {
+                let a = u32::from(d.ip);
+                if (peer_first..=peer_last).contains(&a) {
+                    push(a, a, ports_for(Some(d)));
+                }
+            }
+        }
+    };
+    let ingress_ports = ports_for(Some(pod));
+    match &rule.peers {
+        None => {
+            if ingress {
+                push(0, u32::MAX, ingress_ports.clone());
+            } else {
+                blocks(0, u32::MAX, &mut push);
+            }
+        }
+        Some(peers) => {
+            for peer in peers {
+                match peer {
+                    Peer::Pods { namespaces, pods } => {
+                        for q in &cluster.pods {
+                            let ns_ok = match namespaces {
+                                None => q.namespace == policy.namespace,
+                                Some(s) => s.matches(&cluster.namespace_labels(&q.namespace)),
+                            };
+                            if ns_ok && pods.matches(&q.labels) {
+                                let a = u32::from(q.ip);
+                                let ports = if ingress {
+                                    ingress_ports.clone()
+                                } else {
+                                    ports_for(Some(q))
+                                };
+                                push(a, a, ports);
+                            }
+                        }
+                    }
+                    Peer::Block { cidr, except } => {
+                        for (first, last) in block_runs(*cidr, except) {
+                            if ingress {
+                                push(first, last, ingress_ports.clone());
+                            } else {
+                                blocks(first, last, &mut push);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `cidr` minus `except`, as sorted disjoint address runs.
+fn block_runs(cidr: Ipv4Net, except: &[Ipv4Net]) -> Vec<(u32, u32)> {
+    let mut holes: Vec<(u32, u32)> = except
+        .iter()
+        .map(|e| (u32::from(e.network()), u32::from(e.broadcast())))
+        .collect();
+    holes.sort_unstable();
+    let (mut next, last) = (
+        u64::from(u32::from(cidr.network())),
+        u64::from(u32::from(cidr.broadcast())),
+    );
+    let mut out = Vec::new();
+    for (a, b) in holes {
+        let (a, b) = (u64::from(a), u64::from(b));
+        if a > next {
+            out.push((next as u32, (a - 1) as u32));
+        }
+        next = next.max(b + 1);
+    }
+    if next <= last {
+        out.push((next as u32, last as u32));
+    }
+    out
+}
+
+/// Overlapping runs → disjoint sorted segments, each with the union of the ports of the
+/// runs covering it; neighbours with equal ports are joined.
+pub fn merge(mut runs: Vec<Segment>) -> Allowed {
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    // Breakpoints: every run start and every run end + 1.
+    let mut points: Vec<u64> = runs
+        .iter()
+        .flat_map(|r| [u64::from(r.first), u64::from(r.last) + 1])
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    runs.sort_by_key(|r| r.first);
+    let mut out: Vec<Segment> = Vec::new();
+    let mut active: Vec<usize> = Vec::new();
+    let mut next_run = 0;
+    for w in points.windows(2) {
+        let (start, end) = (w[0], w[1] - 1);
+        while next_run < runs.len() && u64::from(runs[next_run].first) <= start {
+            active.push(next_run);
+            next_run += 1;
+        }
+        active.retain(|i| u64::from(runs[*i].last) >= start);
+        let mut ports: Option<PortSet> = None;
+        for i in &active {
+            ports = Some(match ports {
+                None => runs[*i].ports.clone(),
+                Some(p) => p.union(&runs[*i].ports),
+            });
+        }
+        let Some(ports) = ports else { continue };
+        match out.last_mut() {
+            Some(prev) if u64::from(prev.last) + 1 == start && prev.ports == ports => {
+                prev.last = end as u32;
+            }
+            _ => out.push(Segment {
+                first: start as u32,
+                last: end as u32,
+                ports,
+            }),
+        }
+    }
+    out
+}
+
+/// Whether `allowed` admits `addr` on `proto`/`port`.
+pub fn admits(allowed: &Allowed, addr: Ipv4Addr, proto: u8, port: u16) -> bool {
+    let a = u32::from(addr);
+    allowed
+        .iter()
+        .any(|s| (s.first..=s.last).contains(&a) && s.ports.contains(proto, port))
+}
