@@ -9,16 +9,21 @@
 //!   `externalTrafficPolicy: Local` restricted to this node's endpoints. A Service that
 //!   cannot be programmed is reported as a [`Problem`] and skipped; it never blocks the
 //!   others.
+//! - [`Planner`] keeps that plan up to date object by object: a change re-plans only
+//!   its own Service (the agent's path; `plan_services` is the whole-snapshot reference).
 //! - [`render`] turns a port into the objects of the `ip podnet-services` table (its module
 //!   doc is the table's contract).
 //! - [`Proxy`] remembers what the table holds and produces, per sync, one transaction:
-//!   the whole table first, then only the differences.
+//!   the whole table first, then only the differences ([`Proxy::sync_services`] takes
+//!   the changed Services only).
 
+mod incremental;
 mod model;
 mod proxy;
 pub mod render;
 mod slots;
 
+pub use incremental::{ObjectName, Planner, ServiceInput, SliceInput};
 pub use model::{
     Endpoint, NodeContext, PortName, Problem, Protocol, SERVICE_PROXY_NAME_LABEL, ServicePort,
     Snapshot, plan_services,

@@ -176,6 +176,9 @@ struct Candidate {
 }
 
 /// The plan: service ports sorted by name, and the problems found.
+///
+/// The whole-snapshot planner (golden tests, one-off syncs); [`crate::Planner`] keeps the
+/// same plan up to date object by object and must agree with it.
 pub fn plan_services(
     snapshot: Snapshot<'_>,
     node: &NodeContext,
@@ -184,14 +187,12 @@ pub fn plan_services(
     let slices = index_slices(snapshot.slices, node, &mut problems);
     let mut out = Vec::new();
     for svc in snapshot.services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let name = svc.metadata.name.as_deref().unwrap_or("");
-        match plan_service(svc, ns, name, slices.get(&(ns, name)).map(Vec::as_slice)) {
-            Ok(ports) => out.extend(ports),
-            Err(message) => problems.push(Problem {
-                object: format!("Service {ns}/{name}"),
-                message,
-            }),
+        let (ns, name) = object_name(&svc.metadata);
+        let views = slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+        match parse_service(svc) {
+            Ok(Some(shape)) => out.extend(shape.ports(ns, name, views)),
+            Ok(None) => {}
+            Err(message) => problems.push(service_problem(ns, name, message)),
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -199,10 +200,29 @@ pub fn plan_services(
     (out, problems)
 }
 
+/// (namespace, name) of an object, as the plan names it.
+pub(crate) fn object_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+pub(crate) fn service_problem(ns: &str, name: &str, message: String) -> Problem {
+    Problem {
+        object: format!("Service {ns}/{name}"),
+        message,
+    }
+}
+
 /// A slice's ports and endpoints, by the (namespace, service) it belongs to.
 type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<SliceView>>;
 
-struct SliceView {
+/// What the plan reads of one EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SliceView {
     /// (port name, protocol) → target port number.
     ports: Vec<(String, Protocol, u16)>,
     endpoints: Vec<Candidate>,
@@ -215,85 +235,107 @@ fn index_slices<'a>(
 ) -> SliceIndex<'a> {
     let mut index: SliceIndex<'a> = BTreeMap::new();
     for s in slices {
-        if s.address_type != "IPv4" {
-            continue; // this table is IPv4; IPv6 slices belong to the ip6 table
+        if let Some((ns, service, view)) = slice_view(s, node, problems) {
+            index.entry((ns, service)).or_default().push(view);
         }
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(service) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue; // not linked to a Service
-        };
-        let mut ports = Vec::new();
-        for p in s.ports.iter().flatten() {
-            let (Some(proto), Some(number)) = (
-                Protocol::parse(p.protocol.as_deref()),
-                p.port
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|n| *n > 0),
-            ) else {
-                problems.push(Problem {
-                    object: format!(
-                        "EndpointSlice {ns}/{}",
-                        s.metadata.name.as_deref().unwrap_or("")
-                    ),
-                    message: format!("port {:?} skipped: bad protocol or number", p.name),
-                });
-                continue;
-            };
-            ports.push((p.name.clone().unwrap_or_default(), proto, number));
-        }
-        let endpoints = s
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                // kube-proxy uses the first address only (the API allows exactly one for IPs).
-                let ip: Ipv4Addr = e.addresses.first()?.parse().ok()?;
-                let c = e.conditions.as_ref();
-                // Unset `ready`/`serving` mean "ready" (the API's documented reading).
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let local = e.node_name.as_deref() == Some(node.node_name.as_str());
-                Some(Candidate {
-                    endpoint: Endpoint { ip, port: 0, local },
-                    ready,
-                    serving,
-                    terminating,
-                })
-            })
-            .collect();
-        index
-            .entry((ns, service.as_str()))
-            .or_default()
-            .push(SliceView { ports, endpoints });
     }
     index
 }
 
-fn plan_service(
-    svc: &Service,
-    ns: &str,
-    name: &str,
-    slices: Option<&[SliceView]>,
-) -> Result<Vec<ServicePort>, String> {
+/// The (namespace, Service) a slice feeds and what the plan reads of it; `None` for a
+/// slice this table ignores (not IPv4, not linked to a Service). Bad ports are skipped
+/// and reported in `problems`.
+pub(crate) fn slice_view<'a>(
+    s: &'a EndpointSlice,
+    node: &NodeContext,
+    problems: &mut Vec<Problem>,
+) -> Option<(&'a str, &'a str, SliceView)> {
+    if s.address_type != "IPv4" {
+        return None; // this table is IPv4; IPv6 slices belong to the ip6 table
+    }
+    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+    // Not linked to a Service without the label.
+    let service = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))?;
+    let mut ports = Vec::new();
+    for p in s.ports.iter().flatten() {
+        let (Some(proto), Some(number)) = (
+            Protocol::parse(p.protocol.as_deref()),
+            p.port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0),
+        ) else {
+            problems.push(Problem {
+                object: format!(
+                    "EndpointSlice {ns}/{}",
+                    s.metadata.name.as_deref().unwrap_or("")
+                ),
+                message: format!("port {:?} skipped: bad protocol or number", p.name),
+            });
+            continue;
+        };
+        ports.push((p.name.clone().unwrap_or_default(), proto, number));
+    }
+    let endpoints = s
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            // kube-proxy uses the first address only (the API allows exactly one for IPs).
+            let ip: Ipv4Addr = e.addresses.first()?.parse().ok()?;
+            let c = e.conditions.as_ref();
+            // Unset `ready`/`serving` mean "ready" (the API's documented reading).
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let local = e.node_name.as_deref() == Some(node.node_name.as_str());
+            Some(Candidate {
+                endpoint: Endpoint { ip, port: 0, local },
+                ready,
+                serving,
+                terminating,
+            })
+        })
+        .collect();
+    Some((ns, service.as_str(), SliceView { ports, endpoints }))
+}
+
+/// Everything the plan takes from a Service object (all but its endpoints), checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceShape {
+    cluster_ip: Ipv4Addr,
+    external_ips: Vec<Ipv4Addr>,
+    /// Empty unless the Service is a LoadBalancer.
+    load_balancer_ips: Vec<Ipv4Addr>,
+    affinity_seconds: Option<u32>,
+    externally_reachable: bool,
+    external_local: bool,
+    internal_local: bool,
+    /// Only with `external_local`.
+    health_check_node_port: Option<u16>,
+    /// (name, protocol, port, nodePort — only for NodePort and LoadBalancer Services).
+    ports: Vec<(String, Protocol, u16, Option<u16>)>,
+}
+
+/// The checked shape of a Service; `None` when this proxy programs nothing for it
+/// (another proxy's, no spec, ExternalName, headless, no IPv4 cluster IP yet).
+pub(crate) fn parse_service(svc: &Service) -> Result<Option<ServiceShape>, String> {
     let labels = svc.metadata.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
-        return Ok(Vec::new()); // another proxy's
+        return Ok(None); // another proxy's
     }
     let Some(spec) = svc.spec.as_ref() else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
     if kind == "ExternalName" {
-        return Ok(Vec::new()); // DNS only
+        return Ok(None); // DNS only
     }
     let Some(cluster_ip) = cluster_ipv4(spec.cluster_ip.as_deref(), spec.cluster_ips.as_deref())?
     else {
-        return Ok(Vec::new()); // headless, or not yet allocated, or IPv6-only
+        return Ok(None); // headless, or not yet allocated, or IPv6-only
     };
     let externally_reachable = matches!(kind, "NodePort" | "LoadBalancer")
         || spec.external_ips.as_ref().is_some_and(|v| !v.is_empty());
@@ -336,51 +378,75 @@ fn plan_service(
     };
 
     let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
+    let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let sp = plan_port(p, i)?;
+        let (protocol, port, node_port) = plan_port(p, i)?;
         let port_name = p.name.clone().unwrap_or_default();
-        if !seen.insert((port_name.clone(), sp.0)) {
+        if !seen.insert((port_name.clone(), protocol)) {
             return Err(format!(
                 "spec.ports[{i}]: duplicate port name {port_name:?}"
             ));
         }
-        let (protocol, port, node_port) = sp;
-        let candidates = endpoints_for(slices.unwrap_or(&[]), &port_name, protocol);
-        let uses_cluster = !internal_local || (externally_reachable && !external_local);
-        let uses_local = internal_local || external_local;
-        let (cluster_endpoints, local_endpoints, has_endpoints) =
-            categorize(&candidates, uses_cluster, uses_local);
-        out.push(ServicePort {
-            name: PortName {
-                namespace: ns.to_string(),
-                service: name.to_string(),
-                port: port_name,
-                protocol,
-            },
-            cluster_ip,
-            port,
-            node_port: if matches!(kind, "NodePort" | "LoadBalancer") {
-                node_port
-            } else {
-                None
-            },
-            external_ips: external_ips.clone(),
-            load_balancer_ips: if kind == "LoadBalancer" {
-                load_balancer_ips.clone()
-            } else {
-                Vec::new()
-            },
-            affinity_seconds,
-            external_local,
-            internal_local,
-            health_check_node_port: health_check_node_port.filter(|_| external_local),
-            cluster_endpoints,
-            local_endpoints,
-            has_endpoints,
-        });
+        let node_port = node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer"));
+        ports.push((port_name, protocol, port, node_port));
     }
-    Ok(out)
+    Ok(Some(ServiceShape {
+        cluster_ip,
+        external_ips,
+        load_balancer_ips: if kind == "LoadBalancer" {
+            load_balancer_ips
+        } else {
+            Vec::new()
+        },
+        affinity_seconds,
+        externally_reachable,
+        external_local,
+        internal_local,
+        health_check_node_port: health_check_node_port.filter(|_| external_local),
+        ports,
+    }))
+}
+
+impl ServiceShape {
+    /// The Service's ports with their endpoints, from the slices that belong to it (in
+    /// the order given: when two slices list one endpoint, the first one's conditions win
+    /// unless only the second is ready).
+    pub(crate) fn ports<'a, I>(&self, ns: &str, name: &str, slices: I) -> Vec<ServicePort>
+    where
+        I: IntoIterator<Item = &'a SliceView> + Clone,
+    {
+        let uses_cluster =
+            !self.internal_local || (self.externally_reachable && !self.external_local);
+        let uses_local = self.internal_local || self.external_local;
+        self.ports
+            .iter()
+            .map(|(port_name, protocol, port, node_port)| {
+                let candidates = endpoints_for(slices.clone(), port_name, *protocol);
+                let (cluster_endpoints, local_endpoints, has_endpoints) =
+                    categorize(&candidates, uses_cluster, uses_local);
+                ServicePort {
+                    name: PortName {
+                        namespace: ns.to_string(),
+                        service: name.to_string(),
+                        port: port_name.clone(),
+                        protocol: *protocol,
+                    },
+                    cluster_ip: self.cluster_ip,
+                    port: *port,
+                    node_port: *node_port,
+                    external_ips: self.external_ips.clone(),
+                    load_balancer_ips: self.load_balancer_ips.clone(),
+                    affinity_seconds: self.affinity_seconds,
+                    external_local: self.external_local,
+                    internal_local: self.internal_local,
+                    health_check_node_port: self.health_check_node_port,
+                    cluster_endpoints,
+                    local_endpoints,
+                    has_endpoints,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The Service's IPv4 cluster IP: `None` for headless ("None"), unallocated ("") or
@@ -444,7 +510,11 @@ fn plan_port(p: &K8sServicePort, i: usize) -> Result<(Protocol, u16, Option<u16>
 /// port (by name and protocol); each slice resolves the target port for its endpoints (a
 /// named targetPort may resolve differently per pod). Duplicates across slices merge,
 /// keeping the most usable conditions, as kube-proxy's EndpointSliceCache does.
-fn endpoints_for(slices: &[SliceView], port_name: &str, protocol: Protocol) -> Vec<Candidate> {
+fn endpoints_for<'a>(
+    slices: impl IntoIterator<Item = &'a SliceView>,
+    port_name: &str,
+    protocol: Protocol,
+) -> Vec<Candidate> {
     let mut by_endpoint: BTreeMap<Endpoint, Candidate> = BTreeMap::new();
     for s in slices {
         let Some(&(_, _, number)) = s

@@ -13,20 +13,22 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use podnet_nft::{Chain, Element, Op, Rule, Set, Transaction, Value};
+use podnet_nft::{Chain, Element, Op, Rule, Set, Table, Transaction, Value};
 
+use crate::incremental::ObjectName;
 use crate::model::{PortName, Problem, Protocol, ServicePort};
 use crate::render::{
     FAMILY, PortObjects, ProxyConfig, Ranges, TABLE, names, render_base, render_port,
 };
 use crate::slots::Slots;
 
-/// One programmed port: the input, its index ranges (base, size) and its objects.
+/// One programmed port: the input and its index ranges (base, size). Its objects are
+/// rendered again when needed ([`render_port`] is a function of these and the config):
+/// keeping them would cost several times the port's own size, for every port.
 #[derive(Clone, Debug)]
 struct Programmed {
     port: ServicePort,
     ranges: [Option<(u32, u32)>; 2],
-    objects: PortObjects,
 }
 
 /// What a sync produced.
@@ -54,7 +56,13 @@ pub struct Proxy {
     config: ProxyConfig,
     slots: Slots,
     ports: BTreeMap<PortName, Programmed>,
-    /// (map, key) → the port that owns the element.
+    /// Ports refused at the last sync (their problem), tried again at every sync: the
+    /// port that held their address may have left meanwhile.
+    rejected: BTreeMap<PortName, ServicePort>,
+    /// (map, key) → the port that owns the element, for the maps ports can collide in
+    /// (service and node-port dispatch). The `endpoints-K` / `endpoint-chains-K` shards
+    /// are not tracked: their keys are the owner's index range, which [`Slots`] never
+    /// hands out twice.
     owners: HashMap<(String, Vec<Value>), PortName>,
     /// Shared maps (`endpoints-K` shards) → (declaration, ports using it).
     shared: BTreeMap<String, (Set, usize)>,
@@ -72,6 +80,7 @@ impl Proxy {
             config,
             slots: Slots::default(),
             ports: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             owners: HashMap::new(),
             shared: BTreeMap::new(),
             shared_programmed: BTreeSet::new(),
@@ -94,27 +103,42 @@ impl Proxy {
         self.ports.is_empty()
     }
 
+    /// The service ports programmed, by name.
+    pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.ports.values().map(|p| &p.port)
+    }
+
+    /// The objects of a programmed port.
+    fn objects(&self, p: &Programmed) -> PortObjects {
+        let r = Ranges {
+            cluster: p.ranges[0].map(|r| r.0),
+            local: p.ranges[1].map(|r| r.0),
+        };
+        render_port(&p.port, r, &self.config)
+    }
+
     /// The whole table as the memory describes it (for dumps and full replaces).
-    pub fn table(&self) -> podnet_nft::Table {
+    pub fn table(&self) -> Table {
         let mut t = render_base(&self.config);
-        let mut elements: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
+        let mut elements: BTreeMap<String, Vec<Element>> = BTreeMap::new();
         t.sets
             .extend(self.shared.values().map(|(s, _)| (s.clone(), Vec::new())));
         for p in self.ports.values() {
+            let objects = self.objects(p);
             t.sets
-                .extend(p.objects.sets.iter().map(|s| (s.clone(), Vec::new())));
+                .extend(objects.sets.into_iter().map(|s| (s, Vec::new())));
             t.chains.extend(
-                p.objects
+                objects
                     .chains
-                    .iter()
-                    .map(|(c, r)| (Chain::regular(c.clone()), r.clone())),
+                    .into_iter()
+                    .map(|(c, r)| (Chain::regular(c), r)),
             );
-            for (map, e) in &p.objects.elements {
-                elements.entry(map).or_default().push(e.clone());
+            for (map, e) in objects.elements {
+                elements.entry(map).or_default().push(e);
             }
         }
         elements.insert(
-            names::HAIRPIN,
+            names::HAIRPIN.to_string(),
             self.hairpin.keys().map(|ip| hairpin_element(*ip)).collect(),
         );
         for (set, elems) in &mut t.sets {
@@ -130,15 +154,62 @@ impl Proxy {
     /// sync and after a failure, only the differences otherwise (nothing when nothing
     /// changed).
     pub fn sync(&mut self, desired: Vec<ServicePort>) -> SyncPlan {
+        let desired: BTreeMap<PortName, ServicePort> =
+            desired.into_iter().map(|p| (p.name.clone(), p)).collect();
+        let current: Vec<PortName> = self.ports.keys().cloned().collect();
+        self.step(current, desired)
+    }
+
+    /// As [`Proxy::sync`], given only the Services that changed since the last sync, each
+    /// with all its ports now (none: the Service is gone or programs nothing). The ports
+    /// of other Services stay as they are, so the cost follows the size of the change,
+    /// not of the table; the outcome (memory, transaction, problems) is the one `sync`
+    /// gives for the whole desired state.
+    pub fn sync_services(&mut self, updates: Vec<(ObjectName, Vec<ServicePort>)>) -> SyncPlan {
+        let mut current = Vec::new();
+        let mut desired = BTreeMap::new();
+        let mut updated = BTreeSet::new();
+        for (service, ports) in updates {
+            let first = PortName {
+                namespace: service.namespace.clone(),
+                service: service.name.clone(),
+                port: String::new(),
+                protocol: Protocol::Tcp, // the smallest: with "", the Service's first name
+            };
+            current.extend(
+                self.ports
+                    .range(first..)
+                    .map(|(n, _)| n)
+                    .take_while(|n| n.namespace == service.namespace && n.service == service.name)
+                    .cloned(),
+            );
+            desired.extend(ports.into_iter().map(|p| (p.name.clone(), p)));
+            updated.insert(service);
+        }
+        // Refused ports of Services that did not change are tried again, as `sync` does.
+        for (name, port) in &self.rejected {
+            if !updated.contains(&ObjectName::new(&name.namespace, &name.service)) {
+                desired.insert(name.clone(), port.clone());
+            }
+        }
+        current.sort();
+        current.dedup();
+        self.step(current, desired)
+    }
+
+    /// One sync over the ports `current` (programmed, sorted) and `desired` (the desired
+    /// state of those and of any port to add); ports outside both are left alone.
+    fn step(
+        &mut self,
+        current: Vec<PortName>,
+        mut desired: BTreeMap<PortName, ServicePort>,
+    ) -> SyncPlan {
         let mut problems = Vec::new();
         let mut changed = Vec::new();
-        let mut desired: BTreeMap<PortName, ServicePort> =
-            desired.into_iter().map(|p| (p.name.clone(), p)).collect();
 
         // Removed ports, and changed ones: old objects out of the memory.
-        let mut old: Vec<Programmed> = Vec::new();
-        let names: Vec<PortName> = self.ports.keys().cloned().collect();
-        for name in names {
+        let mut old: Vec<(Programmed, PortObjects)> = Vec::new();
+        for name in current {
             let keep = desired
                 .get(&name)
                 .is_some_and(|d| *d == self.ports[&name].port);
@@ -147,40 +218,51 @@ impl Proxy {
                 continue;
             }
             let p = self.ports.remove(&name).expect("listed");
+            let objects = self.objects(&p);
             // A changed port keeps its index ranges where they still fit (fewer elements
             // change); a removed port gives them back.
-            self.release(&p, !desired.contains_key(&name));
+            self.release(&p, &objects, !desired.contains_key(&name));
             changed.push(name);
-            old.push(p);
+            old.push((p, objects));
         }
         let mut reusable: BTreeMap<&PortName, [Option<(u32, u32)>; 2]> =
-            old.iter().map(|p| (&p.port.name, p.ranges)).collect();
+            old.iter().map(|(p, _)| (&p.port.name, p.ranges)).collect();
         // New and changed ports.
-        let mut new: Vec<PortName> = Vec::new();
+        // The objects of new and changed ports, for the difference; none when the whole
+        // table is sent (kept, they would be a second copy of it at the peak).
+        let full = !self.in_step;
+        let mut new: Vec<(PortName, Option<PortObjects>)> = Vec::new();
+        let mut rejected = BTreeMap::new();
         for (name, port) in desired {
-            let previous = reusable.remove(&name).unwrap_or_default();
-            match self.program(port, previous) {
-                Ok(p) => {
-                    if !changed.contains(&name) {
-                        changed.push(name.clone());
+            let previous = reusable.remove(&name);
+            match self.program(port, previous.unwrap_or_default()) {
+                Ok((p, objects)) => {
+                    if previous.is_none() {
+                        changed.push(name.clone()); // new (a changed one is listed)
                     }
                     self.ports.insert(name.clone(), p);
-                    new.push(name);
+                    new.push((name, (!full).then_some(objects)));
                 }
-                Err(message) => problems.push(Problem {
-                    object: format!("Service {}/{}", name.namespace, name.service),
-                    message,
-                }),
+                Err(refused) => {
+                    let (message, port) = *refused;
+                    problems.push(Problem {
+                        object: format!("Service {}/{}", name.namespace, name.service),
+                        message,
+                    });
+                    rejected.insert(name, port);
+                }
             }
         }
+        self.rejected = rejected;
         changed.sort();
+        let old_ports: BTreeMap<&PortName, &ServicePort> =
+            old.iter().map(|(p, _)| (&p.port.name, &p.port)).collect();
         let mut fresh_udp = BTreeSet::new();
-        for name in new.iter().filter(|n| n.protocol == Protocol::Udp) {
+        for (name, _) in new.iter().filter(|(n, _)| n.protocol == Protocol::Udp) {
             let now = &self.ports[name].port;
-            let had = old
-                .iter()
-                .find(|p| p.port.name == *name)
-                .is_some_and(|p| !endpoints_of(&p.port).is_empty());
+            let had = old_ports
+                .get(name)
+                .is_some_and(|p| !endpoints_of(p).is_empty());
             if !had && !endpoints_of(now).is_empty() {
                 for ip in std::iter::once(&now.cluster_ip)
                     .chain(&now.external_ips)
@@ -191,7 +273,10 @@ impl Proxy {
             }
         }
         let mut stale_udp = BTreeSet::new();
-        for p in old.iter().filter(|p| p.port.name.protocol == Protocol::Udp) {
+        for (p, _) in old
+            .iter()
+            .filter(|(p, _)| p.port.name.protocol == Protocol::Udp)
+        {
             let now: BTreeSet<(Ipv4Addr, u16)> = self
                 .ports
                 .get(&p.port.name)
@@ -202,10 +287,13 @@ impl Proxy {
             }
         }
 
-        let transaction = if self.in_step {
-            self.difference(&old, &new)
+        let transaction = if full {
+            drop((old, new));
+            replace(self.table())
         } else {
-            Transaction::replace_table(&self.table())
+            let old: Vec<PortObjects> = old.into_iter().map(|(_, o)| o).collect();
+            let new: Vec<PortObjects> = new.into_iter().filter_map(|(_, o)| o).collect();
+            self.difference(&old, &new)
         };
         self.shared_programmed = self.shared.keys().cloned().collect();
         self.in_step = true;
@@ -218,14 +306,15 @@ impl Proxy {
         }
     }
 
-    /// Renders a port with fresh index ranges and claims its element keys.
+    /// Renders a port with fresh index ranges and claims its element keys; a refused port
+    /// comes back with the reason.
     /// `previous` are the ranges the port held before this sync (not yet freed): kept when
     /// the size still fits, freed otherwise.
     fn program(
         &mut self,
         port: ServicePort,
         previous: [Option<(u32, u32)>; 2],
-    ) -> Result<Programmed, String> {
+    ) -> Result<(Programmed, PortObjects), Box<(String, ServicePort)>> {
         let counts = [port.cluster_endpoints.len(), port.local_endpoints.len()];
         let mut ranges = [None, None];
         for (i, n) in counts.into_iter().enumerate() {
@@ -239,10 +328,13 @@ impl Proxy {
             }
             if let Some(size) = want {
                 let Some(base) = self.slots.alloc(size) else {
-                    for (b, s) in ranges.iter().flatten() {
+                    for (b, s) in ranges.iter().chain(&previous[i + 1..]).flatten() {
                         self.slots.free(*b, *s);
                     }
-                    return Err("the endpoint index space is exhausted".into());
+                    return Err(Box::new((
+                        "the endpoint index space is exhausted".into(),
+                        port,
+                    )));
                 };
                 ranges[i] = Some((base, size));
             }
@@ -252,7 +344,7 @@ impl Proxy {
             local: ranges[1].map(|r| r.0),
         };
         let objects = render_port(&port, r, &self.config);
-        let taken = objects.elements.iter().find_map(|(map, e)| {
+        let taken = owned_elements(&objects).find_map(|(map, e)| {
             self.owners
                 .get(&(map.clone(), e.key.clone()))
                 .map(|owner| (map, e, owner))
@@ -268,39 +360,37 @@ impl Proxy {
             for (b, s) in ranges.iter().flatten() {
                 self.slots.free(*b, *s);
             }
-            return Err(message);
+            return Err(Box::new((message, port)));
         }
-        for (map, e) in &objects.elements {
+        for (map, e) in owned_elements(&objects) {
             self.owners
                 .insert((map.clone(), e.key.clone()), port.name.clone());
         }
         for set in &objects.shared_sets {
-            self.shared
-                .entry(set.name.clone())
-                .or_insert_with(|| (set.clone(), 0))
-                .1 += 1;
+            match self.shared.get_mut(&set.name) {
+                Some(entry) => entry.1 += 1,
+                None => {
+                    self.shared.insert(set.name.clone(), (set.clone(), 1));
+                }
+            }
         }
         for ip in &objects.hairpin {
             *self.hairpin.entry(*ip).or_default() += 1;
         }
-        Ok(Programmed {
-            port,
-            ranges,
-            objects,
-        })
+        Ok((Programmed { port, ranges }, objects))
     }
 
     /// Gives back a port's keys and hairpin references, and its ranges if `ranges`.
-    fn release(&mut self, p: &Programmed, ranges: bool) {
+    fn release(&mut self, p: &Programmed, objects: &PortObjects, ranges: bool) {
         if ranges {
             for (b, s) in p.ranges.iter().flatten() {
                 self.slots.free(*b, *s);
             }
         }
-        for (map, e) in &p.objects.elements {
+        for (map, e) in owned_elements(objects) {
             self.owners.remove(&(map.clone(), e.key.clone()));
         }
-        for set in &p.objects.shared_sets {
+        for set in &objects.shared_sets {
             if let Some(entry) = self.shared.get_mut(&set.name) {
                 entry.1 -= 1;
                 if entry.1 == 0 {
@@ -308,7 +398,7 @@ impl Proxy {
                 }
             }
         }
-        for ip in &p.objects.hairpin {
+        for ip in &objects.hairpin {
             if let Some(n) = self.hairpin.get_mut(ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -321,24 +411,24 @@ impl Proxy {
     /// The ops from `old` objects to the now-programmed objects of `new` ports. Order:
     /// element deletions, chain flushes, chain and set deletions (nothing refers to them
     /// any more), set and chain creations, rules, element additions.
-    fn difference(&self, old: &[Programmed], new: &[PortName]) -> Transaction {
+    fn difference(&self, old: &[PortObjects], new: &[PortObjects]) -> Transaction {
         let mut before = Objects::default();
-        for p in old {
-            before.add(&p.objects);
+        for o in old {
+            before.add(o);
         }
         let mut after = Objects::default();
-        for n in new {
-            after.add(&self.ports[n].objects);
+        for o in new {
+            after.add(o);
         }
         // The shared hairpin set: compare the referenced IPs before and after.
         let mut hairpin_before: BTreeMap<Ipv4Addr, isize> = BTreeMap::new();
-        for p in old {
-            for ip in &p.objects.hairpin {
+        for o in old {
+            for ip in &o.hairpin {
                 *hairpin_before.entry(*ip).or_default() += 1;
             }
         }
-        for n in new {
-            for ip in &self.ports[n].objects.hairpin {
+        for o in new {
+            for ip in &o.hairpin {
                 *hairpin_before.entry(*ip).or_default() -= 1;
             }
         }
@@ -459,6 +549,45 @@ fn endpoints_of(p: &ServicePort) -> BTreeSet<(Ipv4Addr, u16)> {
         .chain(&p.local_endpoints)
         .map(|e| (e.ip, e.port))
         .collect()
+}
+
+/// The elements of a port whose keys may collide with another port's: all but those of
+/// the shared index maps (`endpoints-K`, `endpoint-chains-K`), keyed by the port's own
+/// index range.
+fn owned_elements(o: &PortObjects) -> impl Iterator<Item = &(String, Element)> {
+    o.elements
+        .iter()
+        .filter(|(map, _)| !o.shared_sets.iter().any(|s| s.name == *map))
+}
+
+/// [`Transaction::replace_table`] without copying the table (at 50k services a copy is
+/// tens of megabytes at the moment memory peaks).
+fn replace(table: Table) -> Transaction {
+    let mut tx = Transaction::new(table.family, table.name);
+    tx.push(Op::AddTable);
+    tx.push(Op::DeleteTable);
+    tx.push(Op::AddTable);
+    let mut elements = Vec::new();
+    for (set, elems) in table.sets {
+        if !elems.is_empty() {
+            elements.push(Op::AddElements {
+                set: set.name.clone(),
+                elems,
+            });
+        }
+        tx.push(Op::AddSet(set));
+    }
+    let mut rules = Vec::new();
+    for (chain, chain_rules) in table.chains {
+        rules.extend(chain_rules.into_iter().map(|rule| Op::AddRule {
+            chain: chain.name.clone(),
+            rule,
+        }));
+        tx.push(Op::AddChain(chain));
+    }
+    tx.ops.extend(rules);
+    tx.ops.extend(elements);
+    tx
 }
 
 fn hairpin_element(ip: Ipv4Addr) -> Element {
