@@ -25,7 +25,7 @@ pub use addr::Address;
 pub use link::format_mac;
 pub use link::{Link, VethSpec};
 pub use neigh::{FdbEntry, Neighbour};
-pub use route::RouteSpec;
+pub use route::{MultipathRouteSpec, NextHop, RouteSpec};
 pub use vxlan::{VxlanLink, VxlanSpec};
 
 use netlink_packet_core::{

@@ -5,8 +5,8 @@ use crate::{Netlink, Op, Result};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::net::IpAddr;
@@ -58,7 +58,69 @@ impl RouteSpec {
     }
 }
 
+/// One next hop of a [`MultipathRouteSpec`], weight 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    pub gateway: IpAddr,
+    pub oif: u32,
+}
+
+/// An equal-cost multipath route in the main table
+/// (`ip route add DST nexthop via A dev X nexthop via B dev X`): the kernel picks a next hop
+/// per flow by hashing its addresses (`fib_multipath_hash_policy`, L3 by default), so one
+/// flow always takes the same path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipathRouteSpec {
+    pub dst: IpNet,
+    pub nexthops: Vec<NextHop>,
+}
+
+impl MultipathRouteSpec {
+    fn to_message(&self) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(self.dst.addr());
+        msg.header.destination_prefix_length = self.dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = RouteScope::Universe;
+        if self.dst.prefix_len() > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    self.dst.addr(),
+                )));
+        }
+        let hops = self
+            .nexthops
+            .iter()
+            .map(|h| {
+                let mut nh = RouteNextHop::default();
+                nh.interface_index = h.oif;
+                nh.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::from(h.gateway)));
+                nh
+            })
+            .collect();
+        msg.attributes.push(RouteAttribute::MultiPath(hops));
+        msg
+    }
+}
+
 impl Op {
+    /// Adds the multipath `route`; `Exists` if one for the same destination is there.
+    pub fn add_multipath_route(route: &MultipathRouteSpec) -> Op {
+        let via: Vec<String> = route
+            .nexthops
+            .iter()
+            .map(|h| h.gateway.to_string())
+            .collect();
+        Op::new(
+            RouteNetlinkMessage::NewRoute(route.to_message()),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add route {} nexthops via {}", route.dst, via.join(", ")),
+        )
+    }
+
     /// Adds `route`; `Exists` if one for the same destination is there.
     pub fn add_route(route: &RouteSpec) -> Op {
         Op::new(

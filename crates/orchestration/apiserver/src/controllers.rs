@@ -1,5 +1,5 @@
 //! Orchestration: the controllers a real control plane runs — scheduler, EndpointSlice
-//! controller, Service slice cleanup — run synchronously inside the store's critical section
+//! controller, Service slice cleanup, load-balancer IPs — run synchronously inside the store's critical section
 //! after every write, until no change is left (the decisions are `podnet-cluster`'s pure
 //! `plan_*` functions). Invariant: when a request returns, the store is already reconciled,
 //! so clients never observe a half-done cascade, and no client can race the controllers.
@@ -8,7 +8,8 @@
 //! cost of doing the controllers' work on the request path — fine for a lab of thousands of
 //! objects (reconciling a Service reads only its namespace's matching pods).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus, Service};
@@ -56,14 +57,22 @@ impl Store {
                         }
                     }
                 }
-                Kind::Service => match &ch.new {
-                    Some(_) => self.reconcile_slices(&ch.ns, &ch.name),
-                    None => {
-                        for name in self.managed_slices(&ch.ns, &ch.name) {
-                            let _ = self.delete_inner(Kind::EndpointSlice, Some(&ch.ns), &name);
+                Kind::Service => {
+                    match &ch.new {
+                        Some(_) => {
+                            self.reconcile_load_balancer(&ch.ns, &ch.name);
+                            self.reconcile_slices(&ch.ns, &ch.name);
+                        }
+                        None => {
+                            for name in self.managed_slices(&ch.ns, &ch.name) {
+                                let _ = self.delete_inner(Kind::EndpointSlice, Some(&ch.ns), &name);
+                            }
                         }
                     }
-                },
+                    if released_ips(ch.old.as_deref(), ch.new.as_deref()) {
+                        self.retry_pending_load_balancers();
+                    }
+                }
                 Kind::Namespace | Kind::EndpointSlice | Kind::NetworkPolicy => {}
             }
         }
@@ -217,6 +226,122 @@ impl Store {
             let _ = self.delete_inner(Kind::EndpointSlice, Some(ns), &name);
         }
     }
+}
+
+impl Store {
+    /// The load-balancer controller (kind's cloud-provider-kind, k3s' ServiceLB): a
+    /// LoadBalancer Service without `loadBalancerClass` gets one IP of the pool in
+    /// `status.loadBalancer.ingress` (its `spec.loadBalancerIP` when in the pool and free);
+    /// a Service that stops being one loses it. Addresses in use are read from the other
+    /// Services, so a deleted Service's address is free at once and none is given twice.
+    fn reconcile_load_balancer(&mut self, ns: &str, name: &str) {
+        let Some(pool) = self.config.load_balancer_pool else {
+            return;
+        };
+        let Ok(current) = self.get(Kind::Service, Some(ns), name) else {
+            return;
+        };
+        let Ok(svc) = serde_json::from_value::<Service>((*current).clone()) else {
+            return;
+        };
+        let held = ingress_ips(&current);
+        let ty = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
+        let ingress = if podnet_cluster::wants_load_balancer(&svc) {
+            let used: BTreeSet<IpAddr> = self
+                .list(Kind::Service, None)
+                .filter(|o| {
+                    str_at(o, "/metadata/namespace") != ns || str_at(o, "/metadata/name") != name
+                })
+                .flat_map(|o| ingress_ips(o))
+                .collect();
+            let wanted = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.load_balancer_ip.as_deref())
+                .filter(|s| !s.is_empty());
+            let wanted = match wanted.map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => Some(ip),
+                Some(Err(_)) => {
+                    tracing::warn!(service = %format!("{ns}/{name}"), "spec.loadBalancerIP is not an IP address; no load-balancer IP");
+                    return self.set_ingress(ns, name, &current, Vec::new());
+                }
+                None => None,
+            };
+            match podnet_cluster::plan_load_balancer_ip(pool, wanted, held.first().copied(), &used)
+            {
+                Ok(ip) => vec![ip],
+                Err(e) => {
+                    tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "no load-balancer IP");
+                    Vec::new()
+                }
+            }
+        } else if ty == Some("LoadBalancer") {
+            return; // another implementation's (loadBalancerClass): its status is its own
+        } else {
+            Vec::new() // no longer a LoadBalancer: the address goes back to the pool
+        };
+        self.set_ingress(ns, name, &current, ingress);
+    }
+
+    /// Writes `status.loadBalancer.ingress` when it differs.
+    fn set_ingress(&mut self, ns: &str, name: &str, current: &Value, ips: Vec<IpAddr>) {
+        if ingress_ips(current) == ips {
+            return;
+        }
+        let mut v = current.clone();
+        v["status"]["loadBalancer"] = if ips.is_empty() {
+            json!({})
+        } else {
+            json!({"ingress": ips
+                .iter()
+                .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .collect::<Vec<_>>()})
+        };
+        self.commit_internal(Kind::Service, ns, name, v);
+    }
+
+    /// An address went back to the pool: LoadBalancer Services still waiting for one try
+    /// again.
+    fn retry_pending_load_balancers(&mut self) {
+        if self.config.load_balancer_pool.is_none() {
+            return;
+        }
+        let pending: Vec<(String, String)> = self
+            .list(Kind::Service, None)
+            .filter(|s| {
+                s.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+                    && ingress_ips(s).is_empty()
+            })
+            .map(|s| {
+                (
+                    str_at(s, "/metadata/namespace"),
+                    str_at(s, "/metadata/name"),
+                )
+            })
+            .collect();
+        for (ns, name) in pending {
+            self.reconcile_load_balancer(&ns, &name);
+        }
+    }
+}
+
+/// `status.loadBalancer.ingress[].ip` of a stored Service.
+fn ingress_ips(svc: &Value) -> Vec<IpAddr> {
+    svc.pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("ip")?.as_str()?.parse().ok())
+        .collect()
+}
+
+/// Whether a Service change gave load-balancer addresses back.
+fn released_ips(old: Option<&Value>, new: Option<&Value>) -> bool {
+    let now = new.map(ingress_ips).unwrap_or_default();
+    old.map(ingress_ips)
+        .unwrap_or_default()
+        .iter()
+        .any(|ip| !now.contains(ip))
 }
 
 fn str_at(v: &Value, p: &str) -> String {

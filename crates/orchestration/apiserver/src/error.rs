@@ -71,6 +71,18 @@ impl ApiError {
         .on(kind, name)
     }
 
+    /// A DELETE whose `preconditions.uid` names another incarnation of the object.
+    pub fn uid_precondition(kind: Kind, name: &str, wanted: &str, actual: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Precondition failed: UID in precondition: {wanted}, UID in object meta: {actual}"
+            ),
+        )
+        .on(kind, name)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message.into())
     }

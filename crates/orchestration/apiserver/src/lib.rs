@@ -5,7 +5,8 @@
 //! discovery.k8s.io/v1 endpointslices, networking.k8s.io/v1 networkpolicies; verbs list,
 //! watch, get, create, update, patch, delete; discovery (`/api`, `/apis`, resource lists,
 //! `/version`) and Table output for kubectl. Controllers (pod CIDR per node, scheduling,
-//! service IP/port allocation, EndpointSlices) decide with `podnet-cluster`'s pure functions.
+//! service IP/port allocation, EndpointSlices, load-balancer IPs) decide with
+//! `podnet-cluster`'s pure functions.
 //!
 //! Design against the real kube-apiserver + etcd + controller-manager + scheduler:
 //! - one process, one lock, `BTreeMap` per kind: a write, its event and the controllers'
@@ -22,8 +23,9 @@
 //! Approximations (documented, deliberate):
 //! - strategic merge patch is treated as JSON merge patch (lists replaced, not merged by
 //!   key); server-side apply is refused with 415;
-//! - deletion is immediate: no graceful termination, no finalizers, no garbage collector
-//!   (a namespace's objects and a Service's EndpointSlices are deleted with it);
+//! - deletion is immediate — no finalizers, no garbage collector (a namespace's objects
+//!   and a Service's EndpointSlices are deleted with it) — except the graceful deletion of
+//!   Pods bound to a node (`deletionTimestamp`, finished by the node's kubelet);
 //! - no authentication, authorization, TLS or aggregated discovery (the legacy form is
 //!   returned, which kubectl accepts); OpenAPI documents carry only what kubectl needs to
 //!   create with validation on (`openapi`), not the full schemas;
@@ -57,6 +59,10 @@ pub use resource::Kind;
 
 use store::Store;
 
+/// The lab's load-balancer pool: inside the lab's 172.18.0.0/16 but off its underlay
+/// subnet 172.18.0.0/24, so no member of the underlay holds one of its addresses.
+pub const DEFAULT_LOAD_BALANCER_POOL: &str = "172.18.255.0/24";
+
 /// Control plane settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,6 +70,10 @@ pub struct Config {
     pub node_cidr_prefix: u8,
     pub service_cidr: ipnet::IpNet,
     pub node_port_range: (u16, u16),
+    /// Addresses the load-balancer controller hands to LoadBalancer Services without a
+    /// `loadBalancerClass` (`status.loadBalancer.ingress[].ip`); `None`: no controller, the
+    /// Services stay pending as in a cluster without a cloud provider.
+    pub load_balancer_pool: Option<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -73,6 +83,7 @@ impl Default for Config {
             node_cidr_prefix: 24,
             service_cidr: "10.96.0.0/12".parse().expect("literal CIDR"),
             node_port_range: (30000, 32767),
+            load_balancer_pool: Some(DEFAULT_LOAD_BALANCER_POOL.parse().expect("literal CIDR")),
         }
     }
 }
@@ -352,8 +363,9 @@ fn resource(
             Ok(one(StatusCode::OK, &v, s.rv))
         }
         (&Method::DELETE, Some(n)) if !status => {
+            let opts = delete_options(query, body)?;
             let mut s = lock();
-            let v = s.delete(kind, nsr, n)?;
+            let v = s.delete_with(kind, nsr, n, &opts)?;
             Ok(one(StatusCode::OK, &v, s.rv))
         }
         (m, _) => Err(ApiError::method_not_allowed(format!(
@@ -361,5 +373,73 @@ fn resource(
             kind.plural(),
             if status { "/status" } else { "" }
         ))),
+    }
+}
+
+/// `DeleteOptions` from the body (kube, kubectl) or the query (`gracePeriodSeconds`); the
+/// body wins when both say something.
+fn delete_options(
+    query: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<store::DeleteOptions, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        parse_json(body)?
+    };
+    let grace = match body.get("gracePeriodSeconds") {
+        Some(Value::Null) | None => {
+            match query.get("gracePeriodSeconds") {
+                Some(q) => Some(q.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {q:?}"))
+                })?),
+                None => None,
+            }
+        }
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+        ),
+    };
+    Ok(store::DeleteOptions {
+        grace_period_seconds: grace,
+        uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_options_from_body_or_query() {
+        let q = |g: &str| BTreeMap::from([("gracePeriodSeconds".to_string(), g.to_string())]);
+        let none = BTreeMap::new();
+        let opts = |query: &BTreeMap<String, String>, body: &str| {
+            delete_options(query, body.as_bytes()).map(|o| (o.grace_period_seconds, o.uid))
+        };
+        assert_eq!(opts(&none, "").unwrap(), (None, None));
+        assert_eq!(opts(&q("5"), "").unwrap(), (Some(5), None));
+        assert_eq!(
+            opts(
+                &q("5"),
+                r#"{"kind":"DeleteOptions","gracePeriodSeconds":0}"#
+            )
+            .unwrap(),
+            (Some(0), None)
+        );
+        assert_eq!(
+            opts(
+                &none,
+                r#"{"propagationPolicy":"Background","preconditions":{"uid":"u"}}"#
+            )
+            .unwrap(),
+            (None, Some("u".to_string()))
+        );
+        assert!(opts(&q("soon"), "").is_err());
+        assert!(opts(&none, r#"{"gracePeriodSeconds":"x"}"#).is_err());
     }
 }

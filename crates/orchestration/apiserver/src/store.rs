@@ -6,8 +6,12 @@
 //!
 //! Invariants: every write bumps the revision exactly once and emits exactly one event,
 //! serialized once and shared by every watcher; a write that changes nothing (besides the
-//! resourceVersion) is not a write. Deletion is immediate: no graceful termination, no
-//! finalizers, a namespace's objects go with it in the same critical section.
+//! resourceVersion) is not a write. Deletion is immediate (no finalizers, a namespace's
+//! objects go with it in the same critical section), except for Pods bound to a node:
+//! as upstream, such a DELETE with a grace period (`DeleteOptions.gracePeriodSeconds`, else
+//! the pod's `terminationGracePeriodSeconds`, else 30) only sets `deletionTimestamp` (now +
+//! grace) and `deletionGracePeriodSeconds`, and the node's kubelet deletes it with grace 0
+//! once its containers are gone; a later DELETE may shorten the grace, never lengthen it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -28,6 +32,17 @@ use crate::validate;
 
 /// (namespace or "" for cluster-scoped, name).
 pub type Key = (String, String);
+
+/// What a DELETE request asks beyond the name (`DeleteOptions`, or the query).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    /// `preconditions.uid`: delete only this incarnation of the name.
+    pub uid: Option<String>,
+}
+
+/// Grace period of a Pod without `terminationGracePeriodSeconds` (the API's default).
+const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 /// How many events are kept for watch resumption.
 const HISTORY: usize = 20_000;
@@ -276,15 +291,82 @@ impl Store {
         self.update(kind, ns, name, doc, status)
     }
 
+    /// DELETE without options.
+    #[cfg(test)]
     pub fn delete(&mut self, kind: Kind, ns: Option<&str>, name: &str) -> ApiResult<Arc<Value>> {
+        self.delete_with(kind, ns, name, &DeleteOptions::default())
+    }
+
+    /// DELETE with options: a Pod bound to a node is deleted gracefully (see the module
+    /// doc); everything else at once.
+    pub fn delete_with(
+        &mut self,
+        kind: Kind,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Arc<Value>> {
         if kind == Kind::Namespace && matches!(name, "default" | "kube-system") {
             return Err(ApiError::forbidden(format!(
                 "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
             )));
         }
-        let out = self.delete_inner(kind, ns, name);
+        let old = self.get(kind, ns, name)?;
+        if let Some(uid) = &opts.uid
+            && old.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str())
+        {
+            let actual = old.pointer("/metadata/uid").and_then(Value::as_str);
+            return Err(ApiError::uid_precondition(
+                kind,
+                name,
+                uid,
+                actual.unwrap_or(""),
+            ));
+        }
+        let out = match (kind == Kind::Pod)
+            .then(|| plan_pod_grace(&old, opts.grace_period_seconds))
+            .flatten()
+        {
+            Some(grace) => Ok(self.mark_deleting(ns, name, &old, grace)),
+            None => self.delete_inner(kind, ns, name),
+        };
         self.run_controllers();
         out
+    }
+
+    /// Sets (or shortens) a pod's `deletionTimestamp`; returns the pod as stored.
+    fn mark_deleting(
+        &mut self,
+        ns: Option<&str>,
+        name: &str,
+        old: &Value,
+        grace: i64,
+    ) -> Arc<Value> {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let mut at = now + grace;
+        if let Some(t) = old
+            .pointer("/metadata/deletionTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        {
+            // Never lengthened: the earlier end stands.
+            at = at.min(t.as_second());
+        }
+        let left = (at - now).max(0);
+        let mut v = old.clone();
+        v["metadata"]["deletionTimestamp"] = json!(timestamp(at));
+        let held = old
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MAX);
+        v["metadata"]["deletionGracePeriodSeconds"] = json!(left.min(held));
+        if v == *old {
+            return self
+                .get(Kind::Pod, ns, name)
+                .expect("the pod was read in this critical section");
+        }
+        let key = (ns.unwrap_or("").to_string(), name.to_string());
+        self.commit(Kind::Pod, key, v, "MODIFIED")
     }
 
     // ---------- inner write paths (used by controllers too) ----------
@@ -415,6 +497,7 @@ impl Store {
                 "creationTimestamp",
                 "generation",
                 "deletionTimestamp",
+                "deletionGracePeriodSeconds",
             ] {
                 match old["metadata"].get(f) {
                     Some(x) => v["metadata"][f] = x.clone(),
@@ -688,7 +771,15 @@ impl Store {
                     used_ports.insert(np as u16);
                 }
             }
+            // Health check node ports share the node-port range (one allocator upstream).
+            if let Some(hc) = other
+                .pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_u64)
+            {
+                used_ports.insert(hc as u16);
+            }
         }
+        let needs_hc = podnet_cluster::needs_health_check_node_port(&svc);
         let mut causes = Vec::new();
         let spec = svc.spec.get_or_insert_with(Default::default);
         let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
@@ -796,6 +887,15 @@ impl Store {
             }
             p.node_port = Some(np);
         }
+        spec.health_check_node_port = admit_health_check_node_port(
+            needs_hc,
+            spec.health_check_node_port.filter(|n| *n != 0),
+            old_spec.health_check_node_port.filter(|n| *n != 0),
+            (lo, hi),
+            &used_ports,
+            &mine,
+            &mut causes,
+        );
         if !causes.is_empty() {
             return Err(ApiError::invalid(Kind::Service, name, causes));
         }
@@ -805,6 +905,63 @@ impl Store {
             v["status"] = s;
         }
         Ok(())
+    }
+}
+
+/// `spec.healthCheckNodePort`, as the real API server allocates it: only for type
+/// LoadBalancer with `externalTrafficPolicy: Local`; kept across updates that leave it out;
+/// a user's port accepted when in the node-port range and free (`used`: every other
+/// Service's node ports and health check ports; `mine`: this Service's node ports); dropped
+/// when no longer needed (a port newly given then is refused, as upstream).
+fn admit_health_check_node_port(
+    needed: bool,
+    given: Option<i32>,
+    had: Option<i32>,
+    (lo, hi): (u16, u16),
+    used: &BTreeSet<u16>,
+    mine: &BTreeSet<u16>,
+    causes: &mut Vec<Cause>,
+) -> Option<i32> {
+    const FIELD: &str = "spec.healthCheckNodePort";
+    let mut refuse = |message: String| {
+        causes.push(Cause {
+            field: FIELD.into(),
+            message,
+        })
+    };
+    if !needed {
+        if let Some(n) = given.filter(|n| Some(*n) != had) {
+            refuse(format!(
+                "Invalid value: {n}: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+            ));
+        }
+        return None;
+    }
+    let taken = |n: i32| u16::try_from(n).is_ok_and(|n| used.contains(&n) || mine.contains(&n));
+    match given.or(had) {
+        Some(n) if !(i32::from(lo)..=i32::from(hi)).contains(&n) => {
+            refuse(format!(
+                "Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+            ));
+            Some(n)
+        }
+        Some(n) if taken(n) => {
+            refuse(format!(
+                "Invalid value: {n}: provided port is already allocated"
+            ));
+            Some(n)
+        }
+        Some(n) => Some(n),
+        None => {
+            let all: BTreeSet<u16> = used.union(mine).copied().collect();
+            match podnet_cluster::plan_node_port((lo, hi), &all) {
+                Some(n) => Some(i32::from(n)),
+                None => {
+                    refuse(format!("Internal error: node port range {lo}-{hi} is full"));
+                    None
+                }
+            }
+        }
     }
 }
 
@@ -826,9 +983,43 @@ pub fn now() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_second(secs as i64)
+    timestamp(secs as i64)
+}
+
+/// RFC 3339 form of `secs` since the epoch.
+fn timestamp(secs: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(secs)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// Pure: the grace period a DELETE of `pod` gets, as upstream's pod strategy decides it
+/// (`CheckGracefulDelete`): the request's, else the pod's `terminationGracePeriodSeconds`,
+/// else 30; 0 for a pod bound to no node or already Succeeded/Failed; a negative one is 1.
+/// `None` means "delete now" (grace 0).
+fn plan_pod_grace(pod: &Value, requested: Option<i64>) -> Option<i64> {
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let terminal = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || terminal {
+        return None;
+    }
+    let grace = requested
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    match grace {
+        0 => None,
+        g if g < 0 => Some(1),
+        g => Some(g),
+    }
 }
 
 /// Labels of a stored object.
@@ -853,6 +1044,64 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_grace_as_upstream_decides_it() {
+        let pod = |node: &str, phase: &str, spec_grace: Option<i64>| {
+            json!({"spec": {"nodeName": node, "terminationGracePeriodSeconds": spec_grace},
+                   "status": {"phase": phase}})
+        };
+        assert_eq!(plan_pod_grace(&pod("n", "Running", None), None), Some(30));
+        assert_eq!(plan_pod_grace(&pod("n", "Running", Some(7)), None), Some(7));
+        assert_eq!(
+            plan_pod_grace(&pod("n", "Running", Some(7)), Some(3)),
+            Some(3)
+        );
+        assert_eq!(
+            plan_pod_grace(&pod("n", "Running", Some(7)), Some(-5)),
+            Some(1)
+        );
+        assert_eq!(plan_pod_grace(&pod("n", "Running", Some(7)), Some(0)), None);
+        assert_eq!(plan_pod_grace(&pod("n", "Running", Some(0)), None), None);
+        assert_eq!(plan_pod_grace(&pod("", "Pending", None), Some(9)), None);
+        assert_eq!(plan_pod_grace(&pod("n", "Succeeded", None), None), None);
+        assert_eq!(plan_pod_grace(&json!({"spec": {}}), None), None);
+    }
+
+    #[test]
+    fn graceful_pod_deletion_marks_shortens_and_finishes() {
+        let mut s = Store::new(Config::default());
+        let spec = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n",
+            "terminationGracePeriodSeconds": 20, "containers": [{"name": "c", "image": "i"}]}});
+        s.create(Kind::Pod, Some("default"), spec).unwrap();
+        let grace = |g| DeleteOptions {
+            grace_period_seconds: g,
+            uid: None,
+        };
+        let v = s
+            .delete_with(Kind::Pod, Some("default"), "p", &grace(None))
+            .unwrap();
+        assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], json!(20));
+        let at = v["metadata"]["deletionTimestamp"].clone();
+        let rv = s.rv;
+        // Longer: nothing changes, not even the revision.
+        let v = s
+            .delete_with(Kind::Pod, Some("default"), "p", &grace(Some(60)))
+            .unwrap();
+        assert_eq!((v["metadata"]["deletionTimestamp"].clone(), s.rv), (at, rv));
+        let v = s
+            .delete_with(Kind::Pod, Some("default"), "p", &grace(Some(2)))
+            .unwrap();
+        assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], json!(2));
+        s.delete_with(Kind::Pod, Some("default"), "p", &grace(Some(0)))
+            .unwrap();
+        assert!(s.get(Kind::Pod, Some("default"), "p").is_err());
+        // A Service is deleted at once whatever the grace.
+        service(&mut s, "svc", json!({"ports": [{"port": 80}]})).unwrap();
+        s.delete_with(Kind::Service, Some("default"), "svc", &grace(Some(30)))
+            .unwrap();
+        assert!(s.get(Kind::Service, Some("default"), "svc").is_err());
+    }
 
     #[test]
     fn history_replays_and_expires() {
@@ -886,5 +1135,184 @@ mod tests {
             "older than the history: 410"
         );
         assert_eq!(s.events_since(s.rv - 1).unwrap().len(), 1);
+    }
+
+    fn service(s: &mut Store, name: &str, spec: Value) -> ApiResult<Arc<Value>> {
+        s.create(
+            Kind::Service,
+            Some("default"),
+            json!({"metadata": {"name": name}, "spec": spec}),
+        )
+    }
+
+    fn lb_local(extra: Value) -> Value {
+        let mut spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]});
+        if let (Some(m), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        spec
+    }
+
+    fn field_of(e: &ApiError) -> Vec<&str> {
+        e.causes.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn health_check_node_port_allocated_kept_refused_and_dropped() {
+        let mut s = Store::new(Config::default());
+        let a = service(&mut s, "a", lb_local(json!({}))).unwrap();
+        let hc = a["spec"]["healthCheckNodePort"]
+            .as_u64()
+            .expect("allocated");
+        let np = a["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert!((30000..=32767).contains(&hc));
+        assert_ne!(hc, np, "never one of the Service's node ports");
+        // An update leaving it out keeps it.
+        // (Re-read: the load-balancer controller wrote its status since.)
+        let mut body = (*s.get(Kind::Service, Some("default"), "a").unwrap()).clone();
+        body["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("healthCheckNodePort");
+        body["metadata"]["labels"] = json!({"x": "y"});
+        let a2 = s
+            .update(Kind::Service, Some("default"), "a", body, false)
+            .unwrap();
+        assert_eq!(a2["spec"]["healthCheckNodePort"].as_u64(), Some(hc));
+        // Nobody else gets it, as a node port or as a health check port.
+        let b = service(&mut s, "b", lb_local(json!({}))).unwrap();
+        let b_ports = [
+            b["spec"]["healthCheckNodePort"].as_u64().unwrap(),
+            b["spec"]["ports"][0]["nodePort"].as_u64().unwrap(),
+        ];
+        assert!(
+            !b_ports.contains(&hc) && !b_ports.contains(&np),
+            "{b_ports:?}"
+        );
+        let e = service(&mut s, "c", lb_local(json!({"healthCheckNodePort": hc}))).unwrap_err();
+        assert_eq!(
+            (e.code, field_of(&e)),
+            (422, vec!["spec.healthCheckNodePort"])
+        );
+        assert!(e.message.contains("already allocated"), "{}", e.message);
+        let e = service(
+            &mut s,
+            "c",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": hc}]}),
+        )
+        .unwrap_err();
+        assert_eq!(field_of(&e), vec!["spec.ports[0].nodePort"]);
+        let e = service(&mut s, "c", lb_local(json!({"healthCheckNodePort": 80}))).unwrap_err();
+        assert!(
+            e.message.contains("not in the valid range"),
+            "{}",
+            e.message
+        );
+        // A user's free port in range is taken as given.
+        let c = service(&mut s, "c", lb_local(json!({"healthCheckNodePort": 32000}))).unwrap();
+        assert_eq!(c["spec"]["healthCheckNodePort"], json!(32000));
+        // Not needed any more (Cluster policy): dropped, and free for others.
+        s.patch(
+            Kind::Service,
+            Some("default"),
+            "c",
+            "application/merge-patch+json",
+            &json!({"spec": {"externalTrafficPolicy": "Cluster"}}),
+            false,
+        )
+        .unwrap();
+        let c = s.get(Kind::Service, Some("default"), "c").unwrap();
+        assert!(c["spec"].get("healthCheckNodePort").is_none(), "{c}");
+        service(&mut s, "d", lb_local(json!({"healthCheckNodePort": 32000}))).unwrap();
+        // Given where it has no meaning: refused.
+        let e = service(
+            &mut s,
+            "e",
+            json!({"type": "NodePort", "healthCheckNodePort": 32001, "ports": [{"port": 80}]}),
+        )
+        .unwrap_err();
+        assert_eq!(field_of(&e), vec!["spec.healthCheckNodePort"]);
+    }
+
+    fn ingress(s: &Store, name: &str) -> Vec<String> {
+        s.get(Kind::Service, Some("default"), name)
+            .unwrap()
+            .pointer("/status/loadBalancer/ingress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|i| i["ip"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn load_balancer_ips_from_the_pool() {
+        let mut s = Store::new(Config {
+            load_balancer_pool: Some("172.18.255.0/30".parse().unwrap()),
+            ..Config::default()
+        });
+        let lb = |extra: Value| {
+            let mut spec = json!({"type": "LoadBalancer", "ports": [{"port": 80}]});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec
+        };
+        service(&mut s, "a", lb(json!({}))).unwrap();
+        assert_eq!(ingress(&s, "a"), ["172.18.255.1"]);
+        // Asked for, in the pool and free: given.
+        service(&mut s, "b", lb(json!({"loadBalancerIP": "172.18.255.2"}))).unwrap();
+        assert_eq!(ingress(&s, "b"), ["172.18.255.2"]);
+        // Asked for but taken, or outside the pool: none.
+        service(&mut s, "c", lb(json!({"loadBalancerIP": "172.18.255.2"}))).unwrap();
+        assert!(ingress(&s, "c").is_empty());
+        service(&mut s, "d", lb(json!({"loadBalancerIP": "172.18.0.11"}))).unwrap();
+        assert!(ingress(&s, "d").is_empty());
+        // Another implementation's Services and other types are left alone.
+        service(
+            &mut s,
+            "e",
+            lb(json!({"loadBalancerClass": "example.com/lb"})),
+        )
+        .unwrap();
+        assert!(ingress(&s, "e").is_empty());
+        service(&mut s, "f", json!({"ports": [{"port": 80}]})).unwrap();
+        assert!(ingress(&s, "f").is_empty());
+        // b goes: its address goes to c, which waited for it.
+        s.delete(Kind::Service, Some("default"), "b").unwrap();
+        assert_eq!(ingress(&s, "c"), ["172.18.255.2"]);
+        // The pool (2 addresses) is full: a new one waits; a type change frees one.
+        service(&mut s, "g", lb(json!({}))).unwrap();
+        assert!(ingress(&s, "g").is_empty());
+        s.patch(
+            Kind::Service,
+            Some("default"),
+            "a",
+            "application/merge-patch+json",
+            &json!({"spec": {"type": "ClusterIP", "externalTrafficPolicy": null,
+                "ports": [{"port": 80}]}}),
+            false,
+        )
+        .unwrap();
+        assert!(ingress(&s, "a").is_empty());
+        assert_eq!(ingress(&s, "g"), ["172.18.255.1"]);
+        // Updates keep the address; never one address twice.
+        s.patch(
+            Kind::Service,
+            Some("default"),
+            "g",
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"x": "y"}}}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ingress(&s, "g"), ["172.18.255.1"]);
+        let all: Vec<String> = ["a", "c", "d", "e", "f", "g"]
+            .iter()
+            .flat_map(|n| ingress(&s, n))
+            .collect();
+        let unique: BTreeSet<&String> = all.iter().collect();
+        assert_eq!(unique.len(), all.len(), "{all:?}");
     }
 }

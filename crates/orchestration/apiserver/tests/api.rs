@@ -452,8 +452,77 @@ async fn node_cidrs_scheduling_and_endpoint_slices() {
             .resource_version,
         rv
     );
-    // The pod leaves: the slice is empty again.
-    pods.delete("p1", &DeleteParams::default()).await.unwrap();
+    // The pod, bound to n1, is deleted gracefully: it stays, marked (grace from its spec),
+    // and its endpoint is terminating but still serving.
+    pods.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"terminationGracePeriodSeconds": 40}})),
+    )
+    .await
+    .unwrap();
+    let marked = pods
+        .delete("p1", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("a graceful delete returns the pod");
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(40));
+    let at = marked.metadata.deletion_timestamp.clone().unwrap().0;
+    let left = at.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!((38..=40).contains(&left), "{left}");
+    let c = slices.get(&slice_name).await.unwrap().endpoints[0]
+        .conditions
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (c.ready, c.serving, c.terminating),
+        (Some(false), Some(true), Some(true))
+    );
+    // A second delete never lengthens the grace; a shorter one shortens it.
+    let again = pods
+        .delete("p1", &DeleteParams::default().grace_period(100))
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
+    assert_eq!(again.metadata.deletion_grace_period_seconds, Some(40));
+    assert_eq!(again.metadata.deletion_timestamp.unwrap().0, at);
+    let shorter = pods
+        .delete("p1", &DeleteParams::default().grace_period(5))
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
+    assert_eq!(shorter.metadata.deletion_grace_period_seconds, Some(5));
+    assert!(shorter.metadata.deletion_timestamp.unwrap().0 < at);
+    // Updates keep the marks.
+    let kept = pods
+        .patch(
+            "p1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.metadata.deletion_grace_period_seconds, Some(5));
+    // A precondition naming another incarnation is refused.
+    let other = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("not-this-one".into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default().grace_period(0)
+    };
+    assert_eq!(
+        api_err(pods.delete("p1", &other).await.unwrap_err()).code,
+        409
+    );
+    // Grace 0 (what the kubelet sends once the containers are gone): gone, the slice empty.
+    pods.delete("p1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(api_err(pods.get("p1").await.unwrap_err()).code, 404);
     assert!(slices.get(&slice_name).await.unwrap().endpoints.is_empty());
 
     // Duplicate clusterIP and nodePort are rejected.

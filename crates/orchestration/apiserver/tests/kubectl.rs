@@ -184,8 +184,24 @@ async fn create_get_delete(k: Kubectl) {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["spec"]["nodeName"], "worker-1");
 
-    let out = k.ok(&["delete", "pod", "echo"]).await;
+    // The pod is bound to worker-1, where no kubelet runs: a graceful delete only marks it
+    // (kubectl would wait for ever), a forced one removes it, as in a real cluster.
+    let out = k.ok(&["delete", "pod", "echo", "--wait=false"]).await;
     assert!(out.contains("pod \"echo\" deleted"), "{out}");
+    let marked = k
+        .ok(&[
+            "get",
+            "pod",
+            "echo",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}",
+        ])
+        .await;
+    assert_eq!(marked.trim(), "30");
+    let out = k
+        .ok(&["delete", "pod", "echo", "--grace-period=0", "--force"])
+        .await;
+    assert!(out.contains("\"echo\" force deleted"), "{out}");
     let out = k
         .ok(&["delete", "--ignore-not-found", "-f", file.to_str().unwrap()])
         .await;

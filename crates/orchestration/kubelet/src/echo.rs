@@ -20,7 +20,9 @@
 //! Environment: `POD_NAME`, `POD_NAMESPACE`, `POD_IP`, `NODE_NAME`, `CONTAINER_NAME`,
 //! `ECHO_TCP_PORTS`, `ECHO_UDP_PORTS` and `ECHO_SCTP_PORTS` (comma lists). With no port at
 //! all it serves TCP 8080 — a pod of image `podnet/echo` that declares no port still answers
-//! somewhere.
+//! somewhere. `ECHO_DRAIN_SECONDS` (default 0: SIGTERM ends it at once): on SIGTERM keep
+//! serving that long, then exit 0 — what a preStop drain gives a real server, so a pod
+//! being deleted keeps answering while its endpoint is terminating.
 
 use anyhow::{Context, Result, bail};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -141,7 +143,39 @@ fn render_http(body: &str, head_only: bool) -> String {
     )
 }
 
-/// Reads identity and ports from the environment and serves until killed.
+/// Pure: `ECHO_DRAIN_SECONDS` (blank is 0).
+pub fn parse_drain(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Duration::ZERO);
+    }
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .with_context(|| format!("bad number of seconds {s:?}"))
+}
+
+/// Serves until `stop` completes, then `drain` longer, then returns `Ok` (or the servers'
+/// error, if they fail first).
+pub async fn serve_with_drain(
+    id: Identity,
+    servers: Servers,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) -> Result<()> {
+    let drained = async {
+        stop.await;
+        eprintln!("echo: stopping: still serving for {drain:?}");
+        tokio::time::sleep(drain).await;
+        eprintln!("echo: drained");
+    };
+    tokio::select! {
+        r = serve(id, servers) => r,
+        () = drained => Ok(()),
+    }
+}
+
+/// Reads identity and ports from the environment and serves until killed (or, with
+/// `ECHO_DRAIN_SECONDS`, until that long after SIGTERM).
 pub fn run_from_env() -> Result<()> {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let id = Identity {
@@ -159,18 +193,37 @@ pub fn run_from_env() -> Result<()> {
     if ports.tcp.is_empty() && ports.udp.is_empty() && ports.sctp.is_empty() {
         ports.tcp.push(DEFAULT_PORT);
     }
+    let drain = parse_drain(&var("ECHO_DRAIN_SECONDS")).context("ECHO_DRAIN_SECONDS")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("building the echo runtime")?;
     let result = rt.block_on(async move {
+        // Caught before anything is served, and only when asked: without a drain SIGTERM
+        // keeps its default (the process ends at once).
+        let mut term = if drain.is_zero() {
+            None
+        } else {
+            Some(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("catching SIGTERM")?,
+            )
+        };
         let servers = bind(Ipv4Addr::UNSPECIFIED, &ports).await?;
         eprintln!(
             "echo: serving tcp {:?} udp {:?} sctp {:?}",
             ports.tcp, ports.udp, ports.sctp
         );
-        serve(id, servers).await
+        match &mut term {
+            None => serve(id, servers).await,
+            Some(term) => {
+                let stop = async {
+                    term.recv().await;
+                };
+                serve_with_drain(id, servers, stop, drain).await
+            }
+        }
     });
     // The SCTP server is a blocking thread that never returns: do not wait for it.
     rt.shutdown_background();
@@ -387,6 +440,56 @@ mod tests {
         let udp = servers.udp[0].local_addr().unwrap();
         tokio::spawn(serve(id(), servers));
         (tcp, udp)
+    }
+
+    #[test]
+    fn drain_parses() {
+        assert_eq!(parse_drain("").unwrap(), Duration::ZERO);
+        assert_eq!(parse_drain(" 20 ").unwrap(), Duration::from_secs(20));
+        assert!(parse_drain("-1").is_err());
+        assert!(parse_drain("soon").is_err());
+    }
+
+    #[tokio::test]
+    async fn after_stop_it_keeps_answering_for_the_drain_then_ends() {
+        let servers = bind(
+            Ipv4Addr::LOCALHOST,
+            &Ports {
+                tcp: vec![0],
+                udp: vec![],
+                sctp: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let tcp = servers.tcp[0].local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async {
+            let _ = rx.await;
+        };
+        let drain = Duration::from_millis(600);
+        let task = tokio::spawn(serve_with_drain(id(), servers, stop, drain));
+        let answer = async || {
+            let mut c = TcpStream::connect(tcp).await?;
+            let mut out = String::new();
+            c.read_to_string(&mut out).await?;
+            std::io::Result::Ok(parse_reply(&out).map(|r| r.pod))
+        };
+        assert_eq!(answer().await.unwrap().as_deref(), Some("web-1"));
+        let stopped = tokio::time::Instant::now();
+        tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(answer().await.unwrap().as_deref(), Some("web-1"));
+        assert!(!task.is_finished(), "ended before the drain was over");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(stopped.elapsed() >= drain);
+        // The listener tasks are aborted with the servers; give the abort a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(answer().await.is_err(), "still listening after the drain");
     }
 
     #[tokio::test]

@@ -8,9 +8,12 @@
 //! adopts running pods without touching the kernel (established connections keep
 //! flowing), exactly as kubelet + containerd do. Pods are only torn down for being absent
 //! once the watch has delivered a complete list, so a restart never kills a pod it has
-//! merely not heard of yet. What kubelet does and this does not: images, volumes, probes
-//! (a running process is ready), resource limits, init containers, ephemeral containers,
-//! events; `env.valueFrom` is ignored.
+//! merely not heard of yet. A pod being deleted (`deletionTimestamp`) gets SIGTERM, stays
+//! Ready while every container still runs, gets SIGKILL when its
+//! `deletionGracePeriodSeconds` (capped, [`plan::MAX_TERMINATION_GRACE`]) is over, and is
+//! deleted with grace 0 once torn down. What kubelet does and this does not: images,
+//! volumes, probes (a running process is ready), resource limits, init containers,
+//! ephemeral containers, events, preStop hooks; `env.valueFrom` is ignored.
 
 use crate::Config;
 use crate::cni::{Attachment, ConfList, Runtime};
@@ -99,6 +102,8 @@ struct Kubelet {
     listed: bool,
     records: BTreeMap<String, PodRecord>,
     backoff: HashMap<String, Backoff>,
+    /// Pods being deleted whose containers got SIGTERM: (when, SIGKILL deadline), by UID.
+    terminating: HashMap<String, (Instant, Instant)>,
     gc_done: bool,
 }
 
@@ -123,6 +128,7 @@ pub async fn run(cfg: Config, client: kube::Client) -> Result<()> {
         listed: false,
         records: BTreeMap::new(),
         backoff: HashMap::new(),
+        terminating: HashMap::new(),
         gc_done: false,
     };
     k.load_records().await?;
@@ -374,8 +380,20 @@ impl Kubelet {
                 self.create(pod.expect("live"), net).await
             }
             Action::Teardown => {
-                let record = record.expect("teardown has a record");
+                let mut record = record.expect("teardown has a record");
                 info!(%uid, pod = %format!("{}/{}", record.namespace, record.name), "tearing down");
+                if api == ApiState::Deleting
+                    && let Some(pod) = &pod
+                    && record.complete
+                {
+                    // The containers are gone: say so (Ready False, so no endpoint serves
+                    // from here) before the sandbox goes.
+                    let all: Vec<String> = exited.keys().cloned().collect();
+                    self.mark_terminated(&mut record, &all);
+                    if let Err(e) = self.report(pod, Some(&record), &Exited::new(), None).await {
+                        debug!(%uid, "final status: {e:#}");
+                    }
+                }
                 self.teardown(record, net).await?;
                 if api == ApiState::Deleting
                     && let Some(pod) = pod
@@ -383,6 +401,13 @@ impl Kubelet {
                     self.finish_deletion(&pod).await;
                 }
                 Ok(())
+            }
+            Action::Terminate => {
+                let pod = pod.expect("deleting pods are in the API");
+                let mut rec = record.expect("terminate has a record");
+                self.terminate(&pod, &mut rec, &exited)?;
+                let exited = self.exited(&rec);
+                self.report(&pod, Some(&rec), &exited, None).await
             }
             Action::Containers { restart, terminate } => {
                 let pod = pod.expect("live");
@@ -410,6 +435,44 @@ impl Kubelet {
                 self.teardown(rec, net).await
             }
         }
+    }
+
+    /// A pod being deleted: SIGTERM its containers the first time, SIGKILL them once the
+    /// grace period is over (a shorter grace from a later DELETE brings the deadline
+    /// forward); containers that exited meanwhile are marked terminated.
+    fn terminate(&mut self, pod: &Pod, rec: &mut PodRecord, exited: &Exited) -> Result<()> {
+        let procs: Vec<Started> = rec
+            .containers
+            .iter()
+            .filter(|c| !exited.contains_key(&c.name))
+            .filter_map(|c| match c.state {
+                ProcState::Running {
+                    pid, start_ticks, ..
+                } => Some(Started { pid, start_ticks }),
+                ProcState::Terminated(_) => None,
+            })
+            .collect();
+        let grace = plan::plan_termination_grace(pod);
+        let now = Instant::now();
+        let uid = rec.uid.clone();
+        let (since, deadline) = self.terminating.entry(uid.clone()).or_insert_with(|| {
+            info!(%uid, pod = %format!("{}/{}", rec.namespace, rec.name), ?grace,
+                  "terminating: SIGTERM");
+            sandbox::signal_processes(&procs, nix::sys::signal::Signal::SIGTERM);
+            (now, now + grace)
+        });
+        *deadline = (*deadline).min(*since + grace);
+        if now >= *deadline {
+            info!(%uid, "grace period over: SIGKILL");
+            sandbox::signal_processes(&procs, nix::sys::signal::Signal::SIGKILL);
+        }
+        if !exited.is_empty() {
+            let gone: Vec<String> = exited.keys().cloned().collect();
+            self.mark_terminated(rec, &gone);
+            self.states.save(rec)?;
+            self.records.insert(uid, rec.clone());
+        }
+        Ok(())
     }
 
     fn mark_terminated(&self, rec: &mut PodRecord, names: &[String]) {
@@ -771,6 +834,7 @@ impl Kubelet {
         }
         self.states.remove(&rec.uid)?;
         self.records.remove(&rec.uid);
+        self.terminating.remove(&rec.uid);
         Ok(())
     }
 

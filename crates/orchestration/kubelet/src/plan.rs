@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The image whose containers run the built-in echo workload (any tag).
 pub const ECHO_IMAGE: &str = "podnet/echo";
@@ -138,6 +139,10 @@ pub enum Action {
     },
     /// Every container is done: report the final phase, then tear down.
     Finish { succeeded: bool },
+    /// Being deleted and some container still runs: SIGTERM (once), SIGKILL when the
+    /// grace period ([`plan_termination_grace`]) is over; meanwhile report the status (the
+    /// pod stays Ready while every container runs, so its endpoint keeps serving).
+    Terminate,
     /// Stop the processes, CNI DEL, delete the namespace, forget the record.
     Teardown,
     /// A half-made record of a pod that should run: tear it down, then create.
@@ -157,6 +162,14 @@ pub fn plan_pod(
     network_ready: bool,
 ) -> Action {
     match (api, record) {
+        (ApiState::Deleting, Some(r))
+            if r.complete
+                && r.containers.iter().any(|c| {
+                    matches!(c.state, ProcState::Running { .. }) && !exited.contains_key(&c.name)
+                }) =>
+        {
+            Action::Terminate
+        }
         (ApiState::Absent | ApiState::Deleting | ApiState::Terminal, None) => Action::Nothing,
         (ApiState::Absent | ApiState::Deleting | ApiState::Terminal, Some(_)) => Action::Teardown,
         (ApiState::Live, None) => {
@@ -207,6 +220,27 @@ pub fn plan_pod(
             }
         }
     }
+}
+
+/// Longest grace between SIGTERM and SIGKILL for a pod being deleted (the lab's cap).
+pub const MAX_TERMINATION_GRACE: Duration = Duration::from_secs(60);
+/// Shortest grace (kubelet's `minimumGracePeriodInSeconds`).
+pub const MIN_TERMINATION_GRACE: Duration = Duration::from_secs(2);
+
+/// Pure: how long a pod being deleted may take to stop after SIGTERM: its
+/// `deletionGracePeriodSeconds` (else `terminationGracePeriodSeconds`, else 30), within
+/// [`MIN_TERMINATION_GRACE`, `MAX_TERMINATION_GRACE`].
+pub fn plan_termination_grace(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30);
+    Duration::from_secs(secs.max(0) as u64).clamp(MIN_TERMINATION_GRACE, MAX_TERMINATION_GRACE)
 }
 
 /// Whether the pod shares the node's network namespace.
@@ -334,6 +368,18 @@ pub fn plan_process(
     env.push(("ECHO_TCP_PORTS".into(), tcp.join(",")));
     env.push(("ECHO_UDP_PORTS".into(), udp.join(",")));
     env.push(("ECHO_SCTP_PORTS".into(), sctp.join(",")));
+    // The container's own `env` (literal values) comes last and wins, for the echo
+    // workload too (`ECHO_DRAIN_SECONDS`).
+    for e in container.env.iter().flatten() {
+        if e.value_from.is_some() {
+            continue;
+        }
+        let value = e.value.clone().unwrap_or_default();
+        match env.iter_mut().find(|(k, _)| *k == e.name) {
+            Some(slot) => slot.1 = value,
+            None => env.push((e.name.clone(), value)),
+        }
+    }
     let image = container.image.as_deref().unwrap_or("");
     let cwd = PathBuf::from(container.working_dir.as_deref().unwrap_or("/"));
     if is_echo_image(image) {
@@ -345,16 +391,6 @@ pub fn plan_process(
             env,
             cwd,
         });
-    }
-    for e in container.env.iter().flatten() {
-        if e.value_from.is_some() {
-            continue;
-        }
-        let value = e.value.clone().unwrap_or_default();
-        match env.iter_mut().find(|(k, _)| *k == e.name) {
-            Some(slot) => slot.1 = value,
-            None => env.push((e.name.clone(), value)),
-        }
     }
     let mut argv = container
         .command
@@ -754,9 +790,25 @@ mod tests {
                 true,
                 Action::Teardown,
             ),
+            // Being deleted: terminate while a container runs; tear down once all have
+            // exited, or when the record is half-made.
             (
                 ApiState::Deleting,
                 Some(&rec),
+                none.clone(),
+                true,
+                Action::Terminate,
+            ),
+            (
+                ApiState::Deleting,
+                Some(&rec),
+                dead(Some(0)),
+                true,
+                Action::Teardown,
+            ),
+            (
+                ApiState::Deleting,
+                Some(&half),
                 none.clone(),
                 true,
                 Action::Teardown,
@@ -888,6 +940,29 @@ mod tests {
     }
 
     #[test]
+    fn termination_grace_from_the_deletion_capped() {
+        let grace = |extra| plan_termination_grace(&pod(extra));
+        assert_eq!(grace(json!({})), Duration::from_secs(30));
+        assert_eq!(
+            grace(json!({"spec": {"terminationGracePeriodSeconds": 12}})),
+            Duration::from_secs(12)
+        );
+        assert_eq!(
+            grace(json!({"metadata": {"deletionGracePeriodSeconds": 5},
+                         "spec": {"terminationGracePeriodSeconds": 12}})),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            grace(json!({"metadata": {"deletionGracePeriodSeconds": 0}})),
+            MIN_TERMINATION_GRACE
+        );
+        assert_eq!(
+            grace(json!({"metadata": {"deletionGracePeriodSeconds": 3600}})),
+            MAX_TERMINATION_GRACE
+        );
+    }
+
+    #[test]
     fn api_states() {
         assert_eq!(api_state(None), ApiState::Absent);
         assert_eq!(api_state(Some(&pod(json!({})))), ApiState::Live);
@@ -970,6 +1045,15 @@ mod tests {
         assert_eq!(env["ECHO_TCP_PORTS"], "8080,9000");
         assert_eq!(env["ECHO_UDP_PORTS"], "53");
         assert_eq!(env["ECHO_SCTP_PORTS"], "7");
+        // The container's env reaches the echo workload too.
+        let p = pod(
+            json!({"spec": {"containers": [{"name": "echo", "image": "podnet/echo",
+            "env": [{"name": "ECHO_DRAIN_SECONDS", "value": "20"}]}]}}),
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let spec = plan_process(&p, c, Path::new("/opt/podnet"), "10.244.1.5", "w1").unwrap();
+        let env: BTreeMap<_, _> = spec.env.into_iter().collect();
+        assert_eq!(env["ECHO_DRAIN_SECONDS"], "20");
     }
 
     #[test]

@@ -134,20 +134,23 @@ pub fn start_process(
         .map_err(|_| anyhow!("container thread ended without a word"))?
 }
 
+/// Sends `sig` to each live process's group (the group holds the process's own
+/// children); a process that left its group (setsid) is signalled alone. Processes that are
+/// gone, or whose pid now names someone else, are skipped.
+pub fn signal_processes(procs: &[Started], sig: Signal) {
+    for p in procs.iter().filter(|p| is_alive(p.pid, p.start_ticks)) {
+        let pid = Pid::from_raw(p.pid as i32);
+        if kill(Pid::from_raw(-(p.pid as i32)), sig).is_err() {
+            let _ = kill(pid, sig);
+        }
+    }
+}
+
 /// Stops processes: SIGTERM to each one's process group, SIGKILL to what is left after
 /// `grace`. Processes that are already gone (or whose pid now names someone else) are
 /// skipped. Returns once all are gone, or an error naming the survivors.
 pub fn stop_processes(procs: &[Started], grace: Duration) -> Result<()> {
-    let signal_all = |sig: Signal| {
-        for p in procs.iter().filter(|p| is_alive(p.pid, p.start_ticks)) {
-            let pid = Pid::from_raw(p.pid as i32);
-            // The group first (it holds the process's own children); a process that left
-            // its group (setsid) is signalled alone.
-            if kill(Pid::from_raw(-(p.pid as i32)), sig).is_err() {
-                let _ = kill(pid, sig);
-            }
-        }
-    };
+    let signal_all = |sig: Signal| signal_processes(procs, sig);
     let wait_gone = |limit: Duration| {
         let until = Instant::now() + limit;
         loop {

@@ -39,12 +39,29 @@ impl SlicePlan {
 
 /// A pod is ready when its `Ready` condition is `True` and it is not being deleted.
 pub fn pod_is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none() && ready_condition(pod)
+}
+
+/// Whether the pod's `Ready` condition is `True` (deleting or not).
+fn ready_condition(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// An endpoint's conditions, as upstream's endpointslice controller sets them: a pod being
+/// deleted (`deletionTimestamp` set) is `terminating`, never `ready`, and `serving` while
+/// its `Ready` condition is still `True` (its containers still run during the grace
+/// period); any other pod is ready and serving exactly when its `Ready` condition is `True`.
+pub fn plan_endpoint_conditions(pod: &Pod) -> EndpointConditions {
+    let serving = ready_condition(pod);
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    EndpointConditions {
+        ready: Some(serving && !terminating),
+        serving: Some(serving),
+        terminating: Some(terminating),
+    }
 }
 
 /// Plans the slices of `svc`. `pods` are candidate pods (those of other namespaces are
@@ -105,14 +122,9 @@ pub fn plan_endpoint_slices(svc: &Service, pods: &[Pod], existing: &[EndpointSli
                 });
             }
         }
-        let ready = pod_is_ready(pod);
         groups.entry(ports).or_default().push(Endpoint {
             addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(ready),
-                serving: Some(ready),
-                terminating: Some(false),
-            }),
+            conditions: Some(plan_endpoint_conditions(pod)),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
@@ -402,6 +414,44 @@ mod tests {
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         ));
         assert!(!pod_is_ready(&p));
+    }
+
+    fn deleting(mut p: Pod) -> Pod {
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        p
+    }
+
+    fn conditions(e: &Endpoint) -> (Option<bool>, Option<bool>, Option<bool>) {
+        let c = e.conditions.as_ref().unwrap();
+        (c.ready, c.serving, c.terminating)
+    }
+
+    #[test]
+    fn terminating_pods_stay_as_terminating_endpoints_serving_while_ready() {
+        let s = svc(vec![port("http", 80, None)]);
+        let pods = [
+            pod("a", "web", Some("10.244.0.5"), true, 80),
+            deleting(pod("b", "web", Some("10.244.0.6"), true, 80)),
+            deleting(pod("c", "web", Some("10.244.0.7"), false, 80)),
+            pod("d", "web", Some("10.244.0.8"), false, 80),
+        ];
+        let plan = plan_endpoint_slices(&s, &pods, &[]);
+        let got: Vec<_> = plan.create[0].endpoints.iter().map(conditions).collect();
+        let (t, f) = (Some(true), Some(false));
+        assert_eq!(got, [(t, t, f), (f, t, t), (f, f, t), (f, f, f)]);
+        // The pod's deletion is a change of the slice; a second run then writes nothing.
+        let before = apply(
+            &plan_endpoint_slices(&s, &[pod("b", "web", Some("10.244.0.6"), true, 80)], &[]),
+            vec![],
+        );
+        let gone = [deleting(pod("b", "web", Some("10.244.0.6"), true, 80))];
+        let plan = plan_endpoint_slices(&s, &gone, &before);
+        assert_eq!(plan.update.len(), 1);
+        assert_eq!(conditions(&plan.update[0].endpoints[0]), (f, t, t));
+        let after = apply(&plan, before);
+        assert!(plan_endpoint_slices(&s, &gone, &after).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Pure: what a Kubernetes control plane's controllers decide — pod CIDRs per node,
-//! scheduling, service addresses, EndpointSlices per Service, label selectors — as functions
-//! of objects. No I/O, no clock, no randomness: the API server (`podnet-apiserver`) feeds
-//! these functions its store and writes what they return.
+//! scheduling, service addresses, load-balancer IPs, EndpointSlices per Service, label
+//! selectors — as functions of objects. No I/O, no clock, no randomness: the API server
+//! (`podnet-apiserver`) feeds these functions its store and writes what they return.
 //!
 //! Compared with the real control plane: kube-controller-manager's node IPAM, endpointslice
 //! controller and kube-scheduler each keep informer caches and work queues; their decisions
@@ -11,13 +11,18 @@
 
 pub mod cidr;
 pub mod endpoints;
+pub mod loadbalancer;
 pub mod schedule;
 pub mod selector;
 pub mod service;
 
 pub use cidr::{CidrError, plan_pod_cidr};
 pub use endpoints::{
-    LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGED_BY, SlicePlan, plan_endpoint_slices, pod_is_ready,
+    LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGED_BY, SlicePlan, plan_endpoint_conditions,
+    plan_endpoint_slices, pod_is_ready,
+};
+pub use loadbalancer::{
+    LbError, needs_health_check_node_port, plan_load_balancer_ip, wants_load_balancer,
 };
 pub use schedule::{Unschedulable, node_is_ready, plan_schedule, tolerates};
 pub use selector::{Requirement, Selector, SelectorError};

@@ -4,7 +4,7 @@
 //! Nothing here touches the host's own network namespace: every netlink socket is opened
 //! inside a lab namespace, and processes are spawned from a thread that entered one.
 
-use super::topology::{Member, SERVICE_CIDR, Topology, UNDERLAY_PREFIX};
+use super::topology::{EXTERNAL_RANGES, Member, SERVICE_RANGES, Topology, UNDERLAY_PREFIX};
 use anyhow::{Context, Result};
 use podnet_netlink::{Netlink, Op, VethSpec, netns};
 use std::collections::BTreeSet;
@@ -67,20 +67,49 @@ pub fn plug_member(t: &Topology, m: &Member) -> Result<()> {
     Ok(())
 }
 
-/// A worker node's route for cluster IPs through its underlay interface: what a real
-/// node's default route does for them, without giving the lab a way out. It lets the node's
-/// own processes connect to Services (the agent's table DNATs them on the way out) and
-/// lets a Service without endpoints be refused by the table rather than by routing.
-pub fn route_service_cidr(m: &Member) -> Result<()> {
+/// A worker node's routes for the Service ranges (cluster, load-balancer and external
+/// IPs) through its underlay interface: what a real node's default route does for them,
+/// without giving the lab a way out. They let the node's own processes connect to Services
+/// (the agent's table DNATs them on the way out) and let a Service without endpoints be
+/// refused by the table rather than by routing.
+pub fn route_service_ranges(m: &Member) -> Result<()> {
     let mut nl = Netlink::open_in(netns::open(netns::named_path(&m.netns))?)?;
     let eth0 = nl.link_by_name("eth0")?.context("eth0 missing")?;
-    nl.add_route(&podnet_netlink::RouteSpec {
-        dst: SERVICE_CIDR.parse().expect("literal CIDR"),
-        gateway: None,
-        oif: Some(eth0.index),
-        onlink: false,
-    })
-    .with_context(|| format!("route {SERVICE_CIDR} on {}", m.name))
+    for range in SERVICE_RANGES {
+        nl.add_route(&podnet_netlink::RouteSpec {
+            dst: range.parse().expect("literal CIDR"),
+            gateway: None,
+            oif: Some(eth0.index),
+            onlink: false,
+        })
+        .with_context(|| format!("route {range} on {}", m.name))?;
+    }
+    Ok(())
+}
+
+/// The external host's routes to load-balancer and external IPs: one ECMP route per range
+/// with a next hop per worker (see `topology::SERVICE_RANGES`).
+pub fn route_external_ranges(t: &Topology) -> Result<()> {
+    let mut nl = Netlink::open_in(netns::open(netns::named_path(&t.external.netns))?)?;
+    let eth0 = nl.link_by_name("eth0")?.context("eth0 missing")?;
+    let nexthops: Vec<podnet_netlink::NextHop> = t
+        .workers
+        .iter()
+        .map(|w| podnet_netlink::NextHop {
+            gateway: w.ip.into(),
+            oif: eth0.index,
+        })
+        .collect();
+    for range in EXTERNAL_RANGES {
+        nl.run(Op::add_multipath_route(
+            &podnet_netlink::MultipathRouteSpec {
+                dst: range.parse().expect("literal CIDR"),
+                nexthops: nexthops.clone(),
+            },
+        ))
+        .with_context(|| format!("route {range} on the external host"))?;
+    }
+    Ok(())
 }
 
 /// Starts `exe args…` inside namespace `ns`, detached (own process group, stdin closed,

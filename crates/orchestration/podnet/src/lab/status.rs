@@ -1,4 +1,5 @@
-//! Orchestration: `lab status` — nodes, pods and services of a lab as tables.
+//! Orchestration: `lab status` — nodes, pods and services (with their external and
+//! load-balancer IPs) of a lab as tables.
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -20,6 +21,33 @@ pub fn node_ip(n: &Node) -> Option<String> {
         .iter()
         .find(|a| a.type_ == "InternalIP")
         .map(|a| a.address.clone())
+}
+
+/// A Service's external addresses as kubectl shows them: load-balancer ingress IPs, then
+/// `spec.externalIPs`; `<pending>` for a LoadBalancer still waiting for its IP, `-` for
+/// none.
+pub fn external_ips(s: &Service) -> String {
+    let spec = s.spec.as_ref();
+    let mut ips: Vec<String> = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .collect();
+    ips.extend(
+        spec.and_then(|s| s.external_ips.clone())
+            .unwrap_or_default(),
+    );
+    if !ips.is_empty() {
+        ips.join(",")
+    } else if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
+        "<pending>".into()
+    } else {
+        "-".into()
+    }
 }
 
 /// Prints rows as a table with columns padded to their widest cell.
@@ -134,10 +162,42 @@ pub async fn print(c: &kube::Client) -> Result<()> {
                     .unwrap_or_else(|| "ClusterIP".into()),
                 spec.and_then(|s| s.cluster_ip.clone())
                     .unwrap_or_else(|| "-".into()),
+                external_ips(s),
                 ports,
             ]
         })
         .collect();
-    table(&["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS"], &rows);
+    table(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORTS",
+        ],
+        &rows,
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn external_ip_column() {
+        let lb = svc(
+            serde_json::json!({"spec": {"type": "LoadBalancer", "externalIPs": ["172.18.254.1"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}]}}}),
+        );
+        assert_eq!(external_ips(&lb), "172.18.255.1,172.18.254.1");
+        let pending = svc(serde_json::json!({"spec": {"type": "LoadBalancer"}}));
+        assert_eq!(external_ips(&pending), "<pending>");
+        assert_eq!(external_ips(&svc(serde_json::json!({"spec": {}}))), "-");
+    }
 }

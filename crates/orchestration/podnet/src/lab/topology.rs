@@ -1,5 +1,5 @@
-//! Pure: the shape of a lab — namespace names, node names and addresses — from its name and
-//! node count. Every name carries the lab's prefix, so labs never collide and `lab down`
+//! Pure: the shape of a lab — namespace names, node names and addresses, the address
+//! ranges Services are reached at — from its name and node count. Every name carries the lab's prefix, so labs never collide and `lab down`
 //! can find everything its lab made.
 
 use std::net::Ipv4Addr;
@@ -16,6 +16,24 @@ pub const ECHO_PORT: u16 = 8080;
 /// The control plane's cluster IP range (its default), routed on every node.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const MAX_NODES: usize = 100;
+/// The control plane's load-balancer pool (`podnet apiserver --load-balancer-pool`):
+/// LoadBalancer Services get `status.loadBalancer.ingress` IPs from it.
+pub const LOAD_BALANCER_POOL: &str = "172.18.255.0/24";
+/// The range documented for `spec.externalIPs` in the lab: nothing allocates it, a
+/// Service names its own; the external host routes it like the load-balancer pool.
+pub const EXTERNAL_IPS_RANGE: &str = "172.18.254.0/24";
+
+/// The ranges Services are reached at that no interface holds (cluster IPs, load-balancer
+/// IPs, external IPs). Every worker routes them out of its underlay interface, as a real
+/// node's default route would, so that its own processes can connect to them (the agent's
+/// table DNATs them on the way out). The external host routes the last two — and only
+/// them — through the workers as one ECMP route (`MultipathRouteSpec`, one next hop per
+/// worker, the kernel's L3 hash picks a worker per source/destination pair), as a router
+/// in front of a bare-metal cluster does (MetalLB's BGP mode). Nothing routes outside the
+/// lab: the routes point at underlay members only, and no member has a default route.
+pub const SERVICE_RANGES: [&str; 3] = [SERVICE_CIDR, LOAD_BALANCER_POOL, EXTERNAL_IPS_RANGE];
+/// The ranges the external host reaches through the workers.
+pub const EXTERNAL_RANGES: [&str; 2] = [LOAD_BALANCER_POOL, EXTERNAL_IPS_RANGE];
 
 /// One member of the underlay: the control plane, a worker node or the external host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,5 +168,25 @@ mod tests {
             assert!(validate_lab_name(bad).is_err(), "{bad}");
         }
         assert!(validate_lab_name("lab-2").is_ok());
+    }
+
+    #[test]
+    fn service_ranges_stay_off_the_underlay() {
+        let underlay: ipnet::Ipv4Net = format!("{CONTROL_PLANE_IP}/{UNDERLAY_PREFIX}")
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .trunc();
+        let ranges: Vec<ipnet::Ipv4Net> =
+            SERVICE_RANGES.iter().map(|r| r.parse().unwrap()).collect();
+        for (i, a) in ranges.iter().enumerate() {
+            assert!(!a.contains(&underlay.network()) && !underlay.contains(&a.network()));
+            for b in &ranges[i + 1..] {
+                assert!(
+                    !a.contains(&b.network()) && !b.contains(&a.network()),
+                    "{a} {b}"
+                );
+            }
+        }
+        assert!(EXTERNAL_RANGES.iter().all(|r| SERVICE_RANGES.contains(r)));
     }
 }

@@ -1,9 +1,14 @@
 //! Orchestration: `lab up` — builds the lab step by step, recording each namespace before
 //! creating it; on any failure it removes what it made (`lab down`) and says what failed.
 
-use super::net::{create_namespace, create_underlay, plug_member, route_service_cidr, spawn_in};
+use super::net::{
+    create_namespace, create_underlay, plug_member, route_external_ranges, route_service_ranges,
+    spawn_in,
+};
 use super::state::{LabRecord, lab_dir};
-use super::topology::{AGENT_METRICS_PORT, API_PORT, ECHO_PORT, Topology, plan_topology};
+use super::topology::{
+    AGENT_METRICS_PORT, API_PORT, ECHO_PORT, LOAD_BALANCER_POOL, Topology, plan_topology,
+};
 use super::{UpArgs, apply, down, render_kubeconfig, status, with_api};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -79,15 +84,22 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
         plug_member(t, m)?;
     }
     for m in &t.workers {
-        route_service_cidr(m)?;
+        route_service_ranges(m)?;
     }
+    route_external_ranges(t)?;
 
     step(2, "control plane: API server on 172.18.0.2:6443");
     let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
     let pid = spawn_in(
         &t.control_plane.netns,
         &exe,
-        &args(&["apiserver", "--listen", &format!("0.0.0.0:{API_PORT}")]),
+        &args(&[
+            "apiserver",
+            "--listen",
+            &format!("0.0.0.0:{API_PORT}"),
+            "--load-balancer-pool",
+            LOAD_BALANCER_POOL,
+        ]),
         &[],
         &log("apiserver"),
     )?;
