@@ -18,8 +18,10 @@
 //! a restart without guessing), the masquerade table is replaced in one atomic nft
 //! transaction, and a no-op sync writes nothing at all.
 
+pub mod health;
 pub mod metrics;
 pub mod ops;
+pub mod policy;
 pub mod services;
 pub mod sync;
 
@@ -53,6 +55,8 @@ pub struct Config {
     pub resync: std::time::Duration,
     /// Program Services (kube-proxy replacement); false leaves them to kube-proxy.
     pub proxy_services: bool,
+    /// Enforce NetworkPolicy (table `ip podnet-policy`).
+    pub enforce_policy: bool,
     /// The cluster IP range (10.96.0.0/12): off-cluster clients of cluster IPs are
     /// masqueraded, as kube-proxy does with `--cluster-cidr`.
     pub service_cidr: Option<ipnet::Ipv4Net>,
@@ -91,6 +95,16 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     } else {
         None
     };
+    let policy_syncer = if config.enforce_policy {
+        let kernel = podnet_netlink::nftables::Nftables::open_in(std::os::fd::AsFd::as_fd(&ns))
+            .context("open nf_tables socket for policy")?;
+        Some(Arc::new(std::sync::Mutex::new(policy::PolicySyncer::new(
+            config.node_name.clone(),
+            kernel,
+        ))))
+    } else {
+        None
+    };
     let server = axum::serve(
         listener,
         metrics::router(metrics.clone(), syncer.clone().map(services::dump)),
@@ -99,6 +113,8 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     let kernel = spawn_kernel_thread(&config, ns)?;
 
     let services_client = client.clone();
+    let policy_client = client.clone();
+    let policy_metrics = metrics.clone();
     let services_metrics = metrics.clone();
     let api: Api<Node> = Api::all(client);
     let (reader, writer) = reflector::store::<Node>();
@@ -171,8 +187,16 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
         }
     };
 
+    let policies = async {
+        match policy_syncer {
+            Some(s) => policy::run(policy_client, s, policy_metrics, resync).await,
+            None => std::future::pending().await,
+        }
+    };
+
     tokio::select! {
         r = server.into_future() => r.context("metrics server"),
+        r = policies => r,
         () = watch => Err(anyhow::anyhow!("node watch ended")),
         r = sync_loop => r,
         r = services => r,

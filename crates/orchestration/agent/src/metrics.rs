@@ -32,9 +32,15 @@ pub struct Metrics {
     pub service_sync_duration: Histogram,
     pub service_ports: Gauge,
     pub service_problems: Gauge,
+    pub policy_syncs: Family<Vec<(String, String)>, Counter>,
+    pub policy_sync_duration: Histogram,
+    pub policy_isolated_pods: Gauge,
+    pub policy_problems: Gauge,
     healthy: AtomicBool,
     /// The services proxy's last sync failed (healthy stays false until it succeeds).
     services_failing: AtomicBool,
+    /// The policy enforcer's last sync failed.
+    policy_failing: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -96,6 +102,30 @@ impl Metrics {
             "Services skipped because they cannot be programmed",
             service_problems.clone(),
         );
+        let policy_syncs = Family::<Vec<(String, String)>, Counter>::default();
+        let policy_sync_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let policy_isolated_pods = Gauge::default();
+        let policy_problems = Gauge::default();
+        registry.register(
+            "podnet_agent_policy_syncs",
+            "NetworkPolicy syncs by result (ok, error)",
+            policy_syncs.clone(),
+        );
+        registry.register(
+            "podnet_agent_policy_sync_duration_seconds",
+            "Duration of one NetworkPolicy sync (plan, render, diff, transaction)",
+            policy_sync_duration.clone(),
+        );
+        registry.register(
+            "podnet_agent_policy_isolated_pods",
+            "Local pod directions (ingress, egress) isolated by some NetworkPolicy",
+            policy_isolated_pods.clone(),
+        );
+        registry.register(
+            "podnet_agent_policy_problems",
+            "NetworkPolicies that cannot be read (their pods stay isolated)",
+            policy_problems.clone(),
+        );
         Metrics {
             registry,
             syncs,
@@ -107,8 +137,13 @@ impl Metrics {
             service_sync_duration,
             service_ports,
             service_problems,
+            policy_syncs,
+            policy_sync_duration,
+            policy_isolated_pods,
+            policy_problems,
             healthy: AtomicBool::new(false),
             services_failing: AtomicBool::new(false),
+            policy_failing: AtomicBool::new(false),
         }
     }
 
@@ -117,7 +152,19 @@ impl Metrics {
     }
 
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst) && !self.services_failing.load(Ordering::SeqCst)
+        self.healthy.load(Ordering::SeqCst)
+            && !self.services_failing.load(Ordering::SeqCst)
+            && !self.policy_failing.load(Ordering::SeqCst)
+    }
+
+    /// Counts a NetworkPolicy sync.
+    pub fn record_policy_sync(&self, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.policy_syncs
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+        self.policy_sync_duration.observe(seconds);
+        self.policy_failing.store(!ok, Ordering::SeqCst);
     }
 
     /// Counts a services proxy sync.

@@ -1,6 +1,8 @@
 //! Orchestration: the Services proxy (podnet's kube-proxy replacement) — watch Services and
-//! EndpointSlices → plan (pure, `podnet-services`) → [`Proxy::sync`] → one nf_tables
-//! transaction ([`TransactionOps`]).
+//! EndpointSlices → [`Changes`] → plan the changed Services (pure, `podnet-services`'
+//! `Planner`) → [`Proxy::sync_services`] → one nf_tables transaction ([`TransactionOps`]).
+//! A sync's cost follows the size of the change, not of the cluster (one endpoint change
+//! at 50k Services: ~9 ms, most of it the kernel's; `benches/services_scale.rs`).
 //!
 //! Invariants: the table `ip podnet-services` is podnet's alone and is written only as
 //! whole transactions; the first sync after start replaces the table atomically (the
@@ -16,6 +18,7 @@
 //! each transaction (netlink batches built from memory), and one shared endpoint map
 //! instead of an anonymous vmap per service (see podnet-services' `render` for the table).
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,13 +29,15 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use podnet_nft::Transaction;
-use podnet_services::{NodeContext, Problem, Proxy, ProxyConfig, Snapshot, plan_services};
+use podnet_services::{
+    NodeContext, ObjectName, Planner, Problem, Proxy, ProxyConfig, ServiceInput, SliceInput,
+};
 use tokio::sync::Notify;
 
+use crate::RETRY;
 use crate::metrics::Metrics;
-use crate::{DEBOUNCE, RETRY};
 
 /// The kernel side of the proxy.
 pub trait TransactionOps: Send {
@@ -113,7 +118,9 @@ pub struct ServicesReport {
 
 /// The proxy's state and its kernel handle: one sync at a time.
 pub struct ServiceSyncer<T> {
-    config: ServicesConfig,
+    /// What the plan reads of every Service and EndpointSlice, and which Services
+    /// changed since the last sync.
+    planner: Planner,
     proxy: Proxy,
     kernel: T,
 }
@@ -125,24 +132,45 @@ impl<T: TransactionOps> ServiceSyncer<T> {
             cluster_cidr: Some(net(config.cluster_cidr)),
             service_cidr: config.service_cidr.map(net),
         });
+        let planner = Planner::new(NodeContext {
+            node_name: config.node_name.clone(),
+        });
         ServiceSyncer {
-            config,
+            planner,
             proxy,
             kernel,
         }
     }
 
-    /// Plans the snapshot and sends the difference to the kernel.
+    /// The node the proxy plans for (what [`Changes`] needs to read slices).
+    pub fn node(&self) -> &NodeContext {
+        self.planner.node()
+    }
+
+    /// Takes a whole snapshot (what is not in it is deleted) and sends the difference to
+    /// the kernel. Only the Services that differ from what the syncer knew are planned
+    /// again.
     pub fn sync(
         &mut self,
         services: &[Service],
         slices: &[EndpointSlice],
     ) -> Result<ServicesReport> {
-        let node = NodeContext {
-            node_name: self.config.node_name.clone(),
-        };
-        let (ports, mut problems) = plan_services(Snapshot { services, slices }, &node);
-        let plan = self.proxy.sync(ports);
+        self.planner.replace_all(services, slices);
+        self.sync_planned()
+    }
+
+    /// Takes the changes watched since the last sync and sends the difference to the
+    /// kernel: the agent's path, whose cost follows the size of the change.
+    pub fn sync_changes(&mut self, changes: Changes) -> Result<ServicesReport> {
+        changes.apply_to(&mut self.planner);
+        self.sync_planned()
+    }
+
+    /// Re-plans the changed Services, and sends the transaction (the whole table after a
+    /// refused one: [`Proxy::sync_services`] decides).
+    fn sync_planned(&mut self) -> Result<ServicesReport> {
+        let plan = self.proxy.sync_services(self.planner.plan());
+        let mut problems = self.planner.problems();
         problems.extend(plan.problems);
         let ops = plan.transaction.len();
         if ops > 0
@@ -183,8 +211,157 @@ impl<T: TransactionOps> ServiceSyncer<T> {
         &self.kernel
     }
 
+    /// The proxy's memory (the health check servers read the programmed ports).
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
     pub fn kernel_mut(&mut self) -> &mut T {
         &mut self.kernel
+    }
+}
+
+/// The watch events of Services and EndpointSlices gathered between two syncs: per
+/// object only its latest state, already read into what the plan needs
+/// ([`ServiceInput`], [`SliceInput`]) so that the Kubernetes objects are dropped as they
+/// arrive. The agent keeps no copy of the objects (no reflector store): at 50k Services
+/// those are most of a gigabyte, and copying them out for every sync cost seconds.
+#[derive(Debug)]
+pub struct Changes {
+    node: NodeContext,
+    services: Pending<ServiceInput>,
+    slices: Pending<SliceInput>,
+}
+
+/// One kind's share of [`Changes`].
+#[derive(Debug)]
+struct Pending<I> {
+    /// Object → its latest state (`None`: deleted).
+    latest: HashMap<ObjectName, Option<I>>,
+    /// A (re-)list in progress: the objects listed so far.
+    listing: Option<HashSet<ObjectName>>,
+    /// A complete list not yet applied: every object not in it is gone (deleted while
+    /// the watch was down). Objects applied after it are added to it.
+    listed: Option<HashSet<ObjectName>>,
+    /// Whether a first complete list was seen.
+    ready: bool,
+}
+
+impl<I> Default for Pending<I> {
+    fn default() -> Self {
+        Pending {
+            latest: HashMap::new(),
+            listing: None,
+            listed: None,
+            ready: false,
+        }
+    }
+}
+
+impl<I> Pending<I> {
+    fn event<K>(&mut self, event: watcher::Event<K>, read: impl Fn(&K) -> (ObjectName, I)) {
+        match event {
+            watcher::Event::Init => self.listing = Some(HashSet::new()),
+            watcher::Event::InitApply(k) | watcher::Event::Apply(k) => {
+                let (name, input) = read(&k);
+                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
+                    set.insert(name.clone());
+                }
+                self.latest.insert(name, Some(input));
+            }
+            watcher::Event::Delete(k) => {
+                let (name, _) = read(&k);
+                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
+                    set.remove(&name);
+                }
+                self.latest.insert(name, None);
+            }
+            watcher::Event::InitDone => {
+                self.listed = self.listing.take();
+                self.ready = true;
+            }
+        }
+    }
+
+    /// The changes to apply, leaving a list in progress and `ready` here.
+    fn take(&mut self) -> Pending<I> {
+        Pending {
+            latest: std::mem::take(&mut self.latest),
+            listing: None,
+            listed: self.listed.take(),
+            ready: self.ready,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.latest.is_empty() && self.listed.is_none()
+    }
+}
+
+impl Changes {
+    pub fn new(node: NodeContext) -> Changes {
+        Changes {
+            node,
+            services: Pending::default(),
+            slices: Pending::default(),
+        }
+    }
+
+    pub fn service_event(&mut self, event: watcher::Event<Service>) {
+        self.services.event(event, |s| {
+            let input = ServiceInput::new(s);
+            (input.name().clone(), input)
+        });
+    }
+
+    pub fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) {
+        let node = &self.node;
+        self.slices.event(event, |s| {
+            let input = SliceInput::new(s, node);
+            (input.name().clone(), input)
+        });
+    }
+
+    /// Whether both kinds were listed completely once (before that, a sync would program
+    /// Services without their endpoints).
+    pub fn ready(&self) -> bool {
+        self.services.ready && self.slices.ready
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty()
+    }
+
+    /// The changes gathered so far; `self` goes on gathering.
+    pub fn take(&mut self) -> Changes {
+        Changes {
+            node: self.node.clone(),
+            services: self.services.take(),
+            slices: self.slices.take(),
+        }
+    }
+
+    /// Tells the planner: the latest state of each object, then the deletions a
+    /// complete list implies.
+    fn apply_to(self, planner: &mut Planner) {
+        for (name, input) in self.services.latest {
+            match input {
+                Some(i) => planner.set_service(i),
+                None => planner.delete_service(&name),
+            }
+        }
+        if let Some(listed) = self.services.listed {
+            planner.retain_services(|n| listed.contains(n));
+        }
+        for (name, input) in self.slices.latest {
+            match input {
+                Some(i) => planner.set_slice(i),
+                None => planner.delete_slice(&name),
+            }
+        }
+        if let Some(listed) = self.slices.listed {
+            planner.retain_slices(|n| listed.contains(n));
+        }
     }
 }
 
@@ -207,43 +384,45 @@ pub async fn run<T: TransactionOps + 'static>(
     resync: std::time::Duration,
 ) -> Result<()> {
     let notify = Arc::new(Notify::new());
-    let (svc_reader, svc_writer) = reflector::store::<Service>();
-    let (eps_reader, eps_writer) = reflector::store::<EndpointSlice>();
+    // The watches read each event into `changes` as it comes (no object is kept); each
+    // sync takes what gathered since the previous one.
+    let node = lock(&syncer).node().clone();
+    let changes = Arc::new(Mutex::new(Changes::new(node)));
     let watch_services = watch(
         Api::<Service>::all(client.clone()),
-        svc_writer,
+        changes.clone(),
         notify.clone(),
+        Changes::service_event,
     );
     let watch_slices = watch(
         Api::<EndpointSlice>::all(client),
-        eps_writer,
+        changes.clone(),
         notify.clone(),
+        Changes::slice_event,
     );
     let sync_loop = async move {
-        svc_reader
-            .wait_until_ready()
-            .await
-            .context("service watch ended before its first list")?;
-        eps_reader
-            .wait_until_ready()
-            .await
-            .context("endpointslice watch ended before its first list")?;
+        // The first sync waits for complete lists of both kinds: an earlier one would
+        // refuse connections to Services whose slices were not read yet.
+        while !lock(&changes).ready() {
+            notify.notified().await;
+        }
         let mut last_problems: Vec<Problem> = Vec::new();
+        let mut health = crate::health::HealthServers::new(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let health_source = syncer.clone();
         loop {
-            let services: Vec<Service> = svc_reader.state().iter().map(|s| (**s).clone()).collect();
-            let slices: Vec<EndpointSlice> =
-                eps_reader.state().iter().map(|s| (**s).clone()).collect();
+            // Only what changed: the cost of a sync follows the change, not the cluster.
+            // An empty batch still syncs (a periodic resync is then a no-op, a retry after
+            // a refused transaction a full replace).
+            let batch = lock(&changes).take();
             let started = Instant::now();
             let syncer = syncer.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                syncer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .sync(&services, &slices)
-            })
-            .await
-            .context("services sync panicked")?;
+            let result = tokio::task::spawn_blocking(move || lock(&syncer).sync_changes(batch))
+                .await
+                .context("services sync panicked")?;
             let ok = result.is_ok();
+            health
+                .sync(&crate::health::checks_of(&health_source), ok)
+                .await;
             metrics.record_service_sync(ok, started.elapsed().as_secs_f64());
             match result {
                 Ok(r) => {
@@ -268,7 +447,9 @@ pub async fn run<T: TransactionOps + 'static>(
             }
             let wait = if ok { resync } else { resync.min(RETRY) };
             tokio::select! {
-                _ = notify.notified() => tokio::time::sleep(DEBOUNCE).await,
+                // No debounce (the node loop's is 100 ms): a sync costs milliseconds here,
+                // and events arriving during one are gathered into the next.
+                _ = notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -280,8 +461,18 @@ pub async fn run<T: TransactionOps + 'static>(
     }
 }
 
-async fn watch<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<Notify>)
-where
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Feeds one kind's watch events into `changes` (`read` is the kind's [`Changes`] method)
+/// and wakes the sync loop, except in the middle of a list.
+async fn watch<K>(
+    api: Api<K>,
+    changes: Arc<Mutex<Changes>>,
+    notify: Arc<Notify>,
+    read: fn(&mut Changes, watcher::Event<K>),
+) where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -290,11 +481,17 @@ where
         + Sync
         + 'static,
 {
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(_) => notify.notify_one(),
+            Ok(ev) => {
+                let wake = !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_));
+                read(&mut lock(&changes), ev);
+                if wake {
+                    notify.notify_one();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
         }
     }

@@ -121,6 +121,7 @@ fn agent_runs_against_the_lab_api_server() {
                 metrics_addr: "127.0.0.1:19201".parse().unwrap(),
                 resync: Duration::from_secs(60),
                 proxy_services: true,
+                enforce_policy: true,
                 service_cidr: Some("10.96.0.0/12".parse().unwrap()),
             };
             let agent = tokio::spawn(podnet_agent::run(config, client.clone()));

@@ -18,6 +18,9 @@ pub struct ApiServerArgs {
     node_cidr_prefix: u8,
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::IpNet,
+    /// Addresses for LoadBalancer Services (`status.loadBalancer.ingress`).
+    #[arg(long, default_value = podnet_apiserver::DEFAULT_LOAD_BALANCER_POOL)]
+    load_balancer_pool: ipnet::IpNet,
 }
 
 #[derive(Args)]
@@ -46,6 +49,9 @@ pub struct AgentArgs {
     /// kube-proxy.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     proxy_services: bool,
+    /// Enforce NetworkPolicy on nf_tables (table `ip podnet-policy`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enforce_policy: bool,
     /// The cluster IP range: off-cluster clients of cluster IPs are masqueraded.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
@@ -97,6 +103,7 @@ pub fn apiserver(a: ApiServerArgs) -> Result<()> {
             cluster_cidr: a.cluster_cidr,
             node_cidr_prefix: a.node_cidr_prefix,
             service_cidr: a.service_cidr,
+            load_balancer_pool: Some(a.load_balancer_pool),
             ..Default::default()
         };
         podnet_apiserver::serve(listener, config).await
@@ -118,6 +125,7 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         metrics_addr: a.metrics_addr,
         resync: Duration::from_secs(a.resync),
         proxy_services: a.proxy_services,
+        enforce_policy: a.enforce_policy,
         service_cidr: Some(a.service_cidr),
     };
     runtime()?.block_on(async move {

@@ -410,7 +410,38 @@ metadata: {name: solo}
 spec:
   selector: {solo: \"yes\"}
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: claim-b}
+spec:
+  selector: {app: s}
+  externalIPs: [172.18.254.20]
+  ports: [{port: 80, targetPort: 8080}]
 ";
+
+/// A Service claiming the external IP:port `claim-b` holds: the API accepts it (as the
+/// real one does); the agent must report it and program everything else.
+const CLAIM_A: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: claim-a}
+spec:
+  selector: {app: client}
+  externalIPs: [172.18.254.20]
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+/// `podnet_agent_service_problems` of the agent at `node_ip`, read from namespace `ns`.
+fn service_problems(ns: &str, node_ip: &str) -> Option<i64> {
+    let (_, body) = http_get_path_from(ns, &format!("{node_ip}:9102"), "/metrics").ok()?;
+    body.lines()
+        .find(|l| l.starts_with("podnet_agent_service_problems "))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
 
 /// `name value` pairs from a kubectl jsonpath listing.
 fn listing(lab: &Lab, what: &str, field: &str) -> std::collections::BTreeMap<String, String> {
@@ -497,6 +528,32 @@ fn services_policies_affinity_and_hairpin_in_the_lab() {
     assert_eq!(pod, "s-1");
     assert_ne!(peer, ips["s-1"], "a hairpin connection is masqueraded");
 
+    // A bad object: claim-a wants the external IP:port claim-b holds. It is reported
+    // (metric) and skipped on every node; claim-b and every other Service keep working;
+    // when the conflict goes, the count goes back to 0.
+    let ext_ip = "172.18.254.20:80";
+    wait_for("externalIP answers", || {
+        echo_from(&external, ext_ip).is_ok()
+    });
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), CLAIM_A).unwrap();
+    lab.ok(&["apply", "-f", f.path().to_str().unwrap()]);
+    for node_ip in ["172.18.0.11", "172.18.0.12"] {
+        wait_for("the conflict reported", || {
+            service_problems(&external, node_ip) == Some(1)
+        });
+    }
+    for _ in 0..5 {
+        let (pod, _) = echo_from(&external, ext_ip).unwrap();
+        assert!(pod == "s-1" || pod == "s-2", "claim-a took over: {pod}");
+    }
+    let (pod, _) = echo_from(&client, &vip("sticky")).unwrap();
+    assert!(pod == "s-1" || pod == "s-2", "{pod}");
+    lab.ok(&["delete", "-f", f.path().to_str().unwrap()]);
+    wait_for("the problem cleared", || {
+        service_problems(&external, "172.18.0.11") == Some(0)
+    });
+
     // The programmed table, readable.
     let dump = lab.ok(&["services", "--node", "node-1"]);
     for want in [
@@ -507,4 +564,755 @@ fn services_policies_affinity_and_hairpin_in_the_lab() {
     ] {
         assert!(dump.contains(want), "{want} missing in\n{dump}");
     }
+}
+
+const SCTP_MANIFEST: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: sctp-1, labels: {app: sctp}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{name: assoc, containerPort: 8132, protocol: SCTP}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sctp-2, labels: {app: sctp}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{name: assoc, containerPort: 8132, protocol: SCTP}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sctp}
+spec:
+  type: NodePort
+  selector: {app: sctp}
+  ports: [{name: assoc, protocol: SCTP, port: 80, targetPort: assoc, nodePort: 30132}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sctp-none}
+spec:
+  selector: {app: nothing}
+  ports: [{protocol: SCTP, port: 80, targetPort: 8132}]
+";
+
+/// One SCTP INIT → INIT-ACK with an echo server from namespace `ns` (the answer is the
+/// INIT-ACK's State Cookie).
+fn sctp_from(
+    ns: &str,
+    dst: &str,
+    timeout: Duration,
+) -> Result<podnet_kubelet::echo::EchoReply, String> {
+    let dst: std::net::SocketAddrV4 = dst.parse().unwrap();
+    in_netns(ns, move || {
+        podnet_kubelet::sctp::probe(dst, timeout).map_err(|e| format!("{e:#}"))
+    })
+}
+
+/// SCTP Services with real packets (this kernel has no SCTP sockets: the echo pods answer
+/// INIT with INIT-ACK on raw sockets): a ClusterIP with a named target port from a pod on
+/// another node and from a node, a NodePort from the external host on both nodes, the
+/// DNATed flow in conntrack, and a Service without endpoints refused at once.
+#[test]
+fn sctp_services_in_the_lab() {
+    let lab = Lab::up("sctp", &["--nodes", "2", "--no-workload"]);
+    let out = lab.apply(SCTP_MANIFEST);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("pods running", || {
+        let phases = listing(&lab, "pods", ".status.phase");
+        phases.len() == 3 && phases.values().all(|p| p == "Running")
+    });
+    let ips = listing(&lab, "pods", ".status.podIP");
+    let vips = listing(&lab, "services", ".spec.clusterIP");
+    let client = pod_netns(&lab, &ips["client"]);
+    let node2 = format!("pn-{}-node-2", lab.name);
+    let external = format!("pn-{}-external", lab.name);
+    let vip = format!("{}:80", vips["sctp"]);
+    let endpoint = |pod: &str| pod == "sctp-1" || pod == "sctp-2";
+    let short = Duration::from_millis(500);
+    wait_for("the SCTP cluster IP answers", || {
+        sctp_from(&client, &vip, short).is_ok()
+    });
+
+    // Pod on node-2 → cluster IP → an endpoint on node-1: the client's address is kept
+    // (no SNAT between pods), and the INIT-ACK came back from the cluster IP and port.
+    let r = sctp_from(&client, &vip, Duration::from_secs(2)).unwrap();
+    assert!(endpoint(&r.pod), "{r:?}");
+    assert_eq!(r.ip, ips[&r.pod], "the endpoint reports its own address");
+    assert_eq!(r.peer.ip().to_string(), ips["client"], "{r:?}");
+
+    // The DNATed flow, tracked by node-2 (original: client → VIP:80; reply: endpoint:8132
+    // → client).
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node2, "conntrack", "-L", "-p", "sctp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let flows = String::from_utf8_lossy(&out.stdout);
+    let sport = r.peer.port();
+    let original = format!(
+        "src={} dst={} sport={sport} dport=80 ",
+        ips["client"], vips["sctp"]
+    );
+    let reply = format!(
+        "src={} dst={} sport=8132 dport={sport} ",
+        ips[&r.pod], ips["client"]
+    );
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains(&original) && l.contains(&reply)),
+        "no flow with {original:?} and {reply:?} in\n{flows}"
+    );
+
+    // Every connection is balanced on its own: both endpoints answer within a few tries.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(
+            sctp_from(&client, &vip, Duration::from_secs(2))
+                .unwrap()
+                .pod,
+        );
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "only {seen:?} answered");
+
+    // Node → cluster IP.
+    let r = sctp_from(&node2, &vip, Duration::from_secs(2)).unwrap();
+    assert!(endpoint(&r.pod), "{r:?}");
+
+    // External host → node port on either node (Cluster policy: masqueraded), once
+    // through the hidden `podnet sctp-probe` command.
+    for node_ip in ["172.18.0.11", "172.18.0.12"] {
+        let r = sctp_from(
+            &external,
+            &format!("{node_ip}:30132"),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|e| panic!("{node_ip}:30132: {e}"));
+        assert!(endpoint(&r.pod), "{r:?}");
+        assert_ne!(
+            r.peer.ip().to_string(),
+            "172.18.0.200",
+            "Cluster policy masquerades"
+        );
+    }
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &external,
+            PODNET,
+            "sctp-probe",
+            "172.18.0.12:30132",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let r = podnet_kubelet::echo::parse_reply(&line).unwrap_or_else(|| panic!("{line:?}"));
+    assert!(endpoint(&r.pod), "{r:?}");
+
+    // No endpoints: refused at once (ICMP port unreachable), not left to time out.
+    let started = Instant::now();
+    let err = sctp_from(
+        &client,
+        &format!("{}:80", vips["sctp-none"]),
+        Duration::from_secs(3),
+    )
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(err.contains("ECONNREFUSED"), "{err}");
+
+    // The programmed table names the SCTP port.
+    let dump = lab.ok(&["services", "--node", "node-1"]);
+    for want in [
+        "chain svc-default/sctp/sctp/assoc",
+        "sctp . 30132 : goto ext-default/sctp/sctp/assoc",
+        "sctp . 80 : goto reject-service",
+    ] {
+        assert!(dump.contains(want), "{want} missing in\n{dump}");
+    }
+}
+
+const LOAD_BALANCER_MANIFEST: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: lb-1, labels: {app: lb}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lb-2, labels: {app: lb}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lb-client, labels: {app: lb-client}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-cluster}
+spec:
+  type: LoadBalancer
+  selector: {app: lb}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-local}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: lb}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext-ips}
+spec:
+  externalIPs: [172.18.254.10]
+  selector: {app: lb}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+/// One HTTP GET from namespace `ns`: (status code, body).
+fn http_get_from(ns: &str, dst: &str) -> std::io::Result<(u16, String)> {
+    http_get_path_from(ns, dst, "/healthz")
+}
+
+/// `GET path` from inside namespace `ns` → (status code, body).
+fn http_get_path_from(ns: &str, dst: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let dst: std::net::SocketAddr = dst.parse().unwrap();
+    let path = path.to_string();
+    in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {dst}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        Ok((code, body))
+    })
+}
+
+/// LoadBalancer and externalIPs from the external host, healthCheckNodePort as kube-proxy
+/// serves it, and externalTrafficPolicy Local through a load-balancer IP keeping the
+/// client's address. Endpoints on node-1 only.
+#[test]
+fn load_balancer_external_ips_and_health_check_node_port_in_the_lab() {
+    let lab = Lab::up("lb", &["--nodes", "2", "--no-workload"]);
+    let external = format!("pn-{}-external", lab.name);
+    let (node1, node2) = (
+        format!("pn-{}-node-1", lab.name),
+        format!("pn-{}-node-2", lab.name),
+    );
+    // The external host reaches the load-balancer pool and the external IPs range through
+    // every worker (ECMP); nothing else beyond the underlay.
+    let ext_routes = routes_in(&external);
+    for want in [
+        "172.18.255.0/24",
+        "172.18.254.0/24",
+        "nexthop via 172.18.0.11 dev eth0",
+        "nexthop via 172.18.0.12 dev eth0",
+    ] {
+        assert!(ext_routes.contains(want), "{want} missing in\n{ext_routes}");
+    }
+    assert!(!ext_routes.contains("default"), "{ext_routes}");
+
+    let out = lab.apply(LOAD_BALANCER_MANIFEST);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("pods running", || {
+        let phases = listing(&lab, "pods", ".status.phase");
+        phases.len() == 3 && phases.values().all(|p| p == "Running")
+    });
+    let ips = listing(&lab, "pods", ".status.podIP");
+    let lb_ips = listing(&lab, "services", ".status.loadBalancer.ingress[0].ip");
+    let (lb_cluster, lb_local) = (&lb_ips["lb-cluster"], &lb_ips["lb-local"]);
+    for ip in [lb_cluster, lb_local] {
+        assert!(ip.starts_with("172.18.255."), "{lb_ips:?}");
+    }
+    assert_ne!(lb_cluster, lb_local);
+    assert_eq!(lb_ips["ext-ips"], "", "not a LoadBalancer");
+    let status = lab.ok(&["status"]);
+    for want in [lb_cluster.as_str(), lb_local.as_str(), "172.18.254.10"] {
+        assert!(status.contains(want), "status lacks {want}:\n{status}");
+    }
+    let endpoint = |pod: &str| pod == "lb-1" || pod == "lb-2";
+
+    // ETP Cluster: the load-balancer IP answers the external host, a pod and both nodes.
+    let lb = format!("{lb_cluster}:80");
+    wait_for("the load-balancer IP to answer", || {
+        echo_from(&external, &lb).is_ok()
+    });
+    let client = pod_netns(&lab, &ips["lb-client"]);
+    for ns in [&external, &client, &node1, &node2] {
+        let (pod, _) = echo_from(ns, &lb).unwrap_or_else(|e| panic!("{lb} from {ns}: {e}"));
+        assert!(endpoint(&pod), "{pod}");
+    }
+
+    // spec.externalIPs: reached from the external host.
+    let (pod, _) = echo_from(&external, "172.18.254.10:80").unwrap();
+    assert!(endpoint(&pod), "{pod}");
+
+    // healthCheckNodePort: as kube-proxy answers it, from the external host.
+    let hcnp = lab.ok(&[
+        "kubectl",
+        "--",
+        "get",
+        "service",
+        "lb-local",
+        "-o",
+        "jsonpath={.spec.healthCheckNodePort}",
+    ]);
+    let hcnp: u16 = hcnp.trim().parse().expect("a healthCheckNodePort");
+    let health = |node: &str| http_get_from(&external, &format!("{node}:{hcnp}"));
+    wait_for("the health checks of both nodes", || {
+        health("172.18.0.11").is_ok_and(|(code, _)| code == 200) && health("172.18.0.12").is_ok()
+    });
+    for (node, code, count) in [("172.18.0.11", 200, 2), ("172.18.0.12", 503, 0)] {
+        let (got, body) = health(node).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(got, code, "{node}: {body}");
+        assert_eq!(
+            v,
+            serde_json::json!({"service": {"namespace": "default", "name": "lb-local"},
+                "localEndpoints": count, "serviceProxyHealthy": true}),
+            "{node}"
+        );
+    }
+
+    // ETP Local through the load-balancer IP: the external host's router does what a load
+    // balancer does with those answers — sends to the healthy node only — and the client's
+    // address is kept. Sent to the node without endpoints, the connection is dropped.
+    let local = format!("{lb_local}:80");
+    let ip_route = |args: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &external, "route"])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip route {args}: {}", text(&out));
+    };
+    ip_route(&format!("add {lb_local}/32 via 172.18.0.11"));
+    let (pod, peer) = echo_from(&external, &local).unwrap();
+    assert!(endpoint(&pod), "{pod}");
+    assert_eq!(peer, "172.18.0.200", "the client's address must be kept");
+    ip_route(&format!("replace {lb_local}/32 via 172.18.0.12"));
+    assert!(
+        echo_from(&external, &local).is_err(),
+        "node-2 has no endpoint"
+    );
+
+    // The Service stops being a LoadBalancer: its address goes back to the pool and its
+    // health check port closes.
+    let patch = lab.run(&[
+        "kubectl",
+        "--",
+        "patch",
+        "service",
+        "lb-local",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP","externalTrafficPolicy":null,"ports":[{"port":80,"targetPort":8080}]}}"#,
+    ]);
+    assert!(patch.status.success(), "{}", text(&patch));
+    let lb_ips = listing(&lab, "services", ".status.loadBalancer.ingress[0].ip");
+    assert_eq!(lb_ips["lb-local"], "", "{lb_ips:?}");
+    wait_for("the health check port to close", || {
+        health("172.18.0.11").is_err()
+    });
+}
+
+const POLICY_MANIFEST: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: \"y\"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: xa, namespace: x, labels: {pod: a}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{name: serve, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ya, namespace: \"y\", labels: {pod: a}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: yb, namespace: \"y\", labels: {pod: b}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: xa, namespace: x}
+spec:
+  selector: {pod: a}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+/// x/xa admits only pods labelled pod=b from namespace y, on its named port.
+const ALLOW_YB: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-yb, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}
+      podSelector: {matchLabels: {pod: b}}
+    ports: [{port: serve}]
+";
+
+/// NetworkPolicy in the lab with real packets: isolation, a namespace+pod peer on a named
+/// port, Service traffic judged against the pod it lands on, the node's own traffic
+/// allowed, cross-node and same-node, and a removal taking effect within a second.
+#[test]
+fn network_policy_in_the_lab() {
+    let lab = Lab::up("np", &["--nodes", "2", "--no-workload"]);
+    let out = lab.apply(POLICY_MANIFEST);
+    assert!(out.status.success(), "{}", text(&out));
+    let pods = || {
+        let out = lab.ok(&[
+            "kubectl",
+            "--",
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.podIP} {.status.phase}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3).then(|| (f[0].to_string(), (f[1].to_string(), f[2].to_string())))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    wait_for("pods running", || {
+        let p = pods();
+        p.len() == 3 && p.values().all(|(_, phase)| phase == "Running")
+    });
+    let p = pods();
+    let ip = |n: &str| p[n].0.clone();
+    let (ya, yb) = (pod_netns(&lab, &ip("ya")), pod_netns(&lab, &ip("yb")));
+    let xa = pod_netns(&lab, &ip("xa"));
+    let node1 = format!("pn-{}-node-1", lab.name);
+    let vip = lab.ok(&[
+        "kubectl",
+        "--",
+        "get",
+        "service",
+        "xa",
+        "-n",
+        "x",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let to_xa = format!("{}:8080", ip("xa"));
+    let to_vip = format!("{}:80", vip.trim());
+    wait_for("open before any policy", || {
+        echo_from(&ya, &to_xa).is_ok() && echo_from(&ya, &to_vip).is_ok()
+    });
+
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), ALLOW_YB).unwrap();
+    lab.ok(&["apply", "-f", f.path().to_str().unwrap()]);
+    wait_for("ya refused", || echo_from(&ya, &to_xa).is_err());
+    let refused = std::time::Instant::now();
+    let e = echo_from(&ya, &to_xa).unwrap_err();
+    assert!(
+        refused.elapsed() < Duration::from_millis(500),
+        "a refusal is immediate (reset), not a timeout: {e}"
+    );
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(echo_from(&ya, &to_vip).is_err(), "via the Service too");
+    // y/b (same node as x/a; y/a is on the other) is admitted, directly and through the
+    // Service, and keeps its source address.
+    let (pod, peer) = echo_from(&yb, &to_xa).unwrap();
+    assert_eq!((pod.as_str(), peer.as_str()), ("xa", ip("yb").as_str()));
+    assert_eq!(echo_from(&yb, &to_vip).unwrap().0, "xa");
+    // x/a's egress is not isolated; the node's own traffic (kubelet probes) passes.
+    assert_eq!(
+        echo_from(&xa, &format!("{}:8080", ip("ya"))).unwrap().0,
+        "ya"
+    );
+    assert_eq!(echo_from(&node1, &to_xa).unwrap().0, "xa");
+    // The table, and removal within a second.
+    let table = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node1,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "podnet-policy",
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains(&format!("{} : jump in-", ip("xa"))),
+        "{table}"
+    );
+    let why = |from: &str| {
+        lab.ok(&[
+            "explain",
+            "--from",
+            &ip(from),
+            "--to",
+            &ip("xa"),
+            "--port",
+            "8080",
+        ])
+    };
+    let no = why("ya");
+    assert!(
+        no.contains("ingress: isolated by x/allow-yb: no rule allows it")
+            && no.ends_with("verdict: refused\n"),
+        "{no}"
+    );
+    let yes = why("yb");
+    assert!(
+        yes.contains("allowed by x/allow-yb ingress rule 0") && yes.contains("y/yb ("),
+        "{yes}"
+    );
+    lab.ok(&["delete", "-f", f.path().to_str().unwrap()]);
+    let removed = std::time::Instant::now();
+    wait_for("ya admitted again", || echo_from(&ya, &to_xa).is_ok());
+    assert!(
+        removed.elapsed() < Duration::from_secs(2),
+        "policy removal took {:?}",
+        removed.elapsed()
+    );
+}
+
+/// A drain pod on node-1 (echo that keeps serving `drain` seconds after SIGTERM, 30 s
+/// grace), selected by Service `drain`.
+fn drain_pod(name: &str, drain: u32) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: drain}}}}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: echo
+    image: podnet/echo
+    ports: [{{containerPort: 8080}}]
+    env: [{{name: ECHO_DRAIN_SECONDS, value: \"{drain}\"}}]
+"
+    )
+}
+
+const DRAIN_REST: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: drain}
+spec:
+  selector: {app: drain}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+/// The endpoints of Service `svc`'s slices: pod → `ready/serving/terminating`.
+fn slice_conditions(lab: &Lab, svc: &str) -> std::collections::BTreeMap<String, String> {
+    let out = lab.ok(&[
+        "kubectl",
+        "--",
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={svc}"),
+        "-o",
+        "jsonpath={range .items[*].endpoints[*]}{.targetRef.name} {.conditions.ready}/{.conditions.serving}/{.conditions.terminating}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.trim().to_string()))
+        .collect()
+}
+
+/// Endpoint conditions with real pods: a pod deleted gracefully stays (deletionTimestamp),
+/// keeps answering while its echo drains, and its endpoint turns terminating. While a
+/// ready endpoint is left, new connections go only there; when none is left, they fall back
+/// to the terminating-but-serving endpoints instead of being refused. Once the pods are
+/// gone (after the drain, before the grace ends), the Service refuses at once.
+#[test]
+fn terminating_endpoints_get_no_new_traffic_unless_no_ready_one_is_left_in_the_lab() {
+    let lab = Lab::up("gd", &["--nodes", "2", "--no-workload"]);
+    let manifest = format!(
+        "{}---\n{}---\n{DRAIN_REST}",
+        drain_pod("d-1", 20),
+        drain_pod("d-2", 25)
+    );
+    let out = lab.apply(&manifest);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("pods running", || {
+        let phases = listing(&lab, "pods", ".status.phase");
+        phases.len() == 3 && phases.values().all(|p| p == "Running")
+    });
+    let ips = listing(&lab, "pods", ".status.podIP");
+    let vip = format!(
+        "{}:80",
+        listing(&lab, "services", ".spec.clusterIP")["drain"]
+    );
+    let client = pod_netns(&lab, &ips["client"]);
+    let answers = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                echo_from(&client, &vip)
+                    .unwrap_or_else(|e| panic!("{vip} from the client: {e}"))
+                    .0
+            })
+            .collect()
+    };
+    wait_for("both endpoints ready", || {
+        slice_conditions(&lab, "drain")
+            .values()
+            .all(|c| c == "true/true/false")
+            && slice_conditions(&lab, "drain").len() == 2
+    });
+    wait_for("the Service to answer", || echo_from(&client, &vip).is_ok());
+    let delete = |pod: &str| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), drain_pod(pod, 0)).unwrap();
+        lab.ok(&["delete", "-f", f.path().to_str().unwrap()]);
+        Instant::now()
+    };
+
+    // d-1 deleted gracefully: it stays, marked, its endpoint terminating but serving.
+    let d1_deleted = delete("d-1");
+    let marks = listing(&lab, "pods", ".metadata.deletionGracePeriodSeconds");
+    assert_eq!(marks["d-1"], "30", "{marks:?}");
+    assert_eq!(marks["d-2"], "", "{marks:?}");
+    wait_for("d-1 terminating", || {
+        let c = slice_conditions(&lab, "drain");
+        c.get("d-1").map(String::as_str) == Some("false/true/true")
+            && c.get("d-2").map(String::as_str) == Some("true/true/false")
+    });
+    // A ready endpoint is left: every new connection goes to it, although d-1 still
+    // answers when asked directly.
+    wait_for("only d-2 to answer", || {
+        answers(8).iter().all(|p| p == "d-2")
+    });
+    let got = answers(20);
+    assert!(got.iter().all(|p| p == "d-2"), "{got:?}");
+    let (pod, _) = echo_from(&client, &format!("{}:8080", ips["d-1"])).unwrap();
+    assert_eq!(pod, "d-1", "d-1 drains: it still answers");
+
+    // d-2 deleted too: no ready endpoint is left, both are terminating and serving, and
+    // connections fall back to them instead of being refused.
+    let d2_deleted = delete("d-2");
+    assert!(
+        d1_deleted.elapsed() < Duration::from_secs(15),
+        "too slow to see d-1 still draining: {:?}",
+        d1_deleted.elapsed()
+    );
+    wait_for("d-2 terminating", || {
+        let c = slice_conditions(&lab, "drain");
+        c.get("d-1").map(String::as_str) == Some("false/true/true")
+            && c.get("d-2").map(String::as_str) == Some("false/true/true")
+    });
+    let got = answers(20);
+    assert!(
+        got.iter().any(|p| p == "d-1") && got.iter().any(|p| p == "d-2"),
+        "both terminating endpoints serve: {got:?}"
+    );
+
+    // After its 20 s drain (well inside the 30 s grace) d-1 exits and is deleted: the
+    // kubelet waited for it, and did not kill it at once.
+    let gone = |pod: &str| !listing(&lab, "pods", ".metadata.name").contains_key(pod);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !gone("d-1") {
+        assert!(Instant::now() < deadline, "d-1 was never deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = d1_deleted.elapsed();
+    assert!(
+        took >= Duration::from_secs(19) && took < Duration::from_secs(30),
+        "d-1 went after {took:?}, not at the end of its 20 s drain"
+    );
+    // The last terminating endpoint (its drain is 25 s) still serves alone.
+    wait_for("d-2 alone to answer", || {
+        (0..5).all(|_| echo_from(&client, &vip).is_ok_and(|(p, _)| p == "d-2"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !gone("d-2") {
+        assert!(Instant::now() < deadline, "d-2 was never deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d2_deleted.elapsed() >= Duration::from_secs(24));
+
+    // No endpoint at all: refused at once.
+    wait_for("the slice to empty", || {
+        slice_conditions(&lab, "drain").is_empty()
+    });
+    wait_for("the Service to refuse", || {
+        echo_from(&client, &vip).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    let t = Instant::now();
+    let e = echo_from(&client, &vip).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
 }

@@ -67,6 +67,21 @@ pub enum LabCmd {
         #[arg(long, default_value = "node-1")]
         node: String,
     },
+    /// Why a connection is allowed or refused by NetworkPolicy: the policies isolating
+    /// each side and the rule (if any) admitting it. Addresses are pod IPs (after Service
+    /// translation) or any other IPv4 address.
+    Explain {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(long)]
+        from: std::net::Ipv4Addr,
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "sctp"])]
+        protocol: String,
+    },
     /// Run kubectl against the lab (arguments after `--`).
     Kubectl {
         #[arg(long, default_value = "demo")]
@@ -119,6 +134,46 @@ pub fn run(cmd: LabCmd) -> Result<()> {
         }
         LabCmd::Services { name, node } => {
             print!("{}", agent_services(&existing(&name)?, &node)?);
+            Ok(())
+        }
+        LabCmd::Explain {
+            name,
+            from,
+            to,
+            port,
+            protocol,
+        } => {
+            let proto = match protocol.as_str() {
+                "udp" => podnet_policy::UDP,
+                "sctp" => podnet_policy::SCTP,
+                _ => podnet_policy::TCP,
+            };
+            let t = existing(&name)?;
+            let e = with_api(&t, |c| async move {
+                use k8s_openapi::api::core::v1::{Namespace, Pod};
+                use k8s_openapi::api::networking::v1::NetworkPolicy;
+                let lp = kube::api::ListParams::default();
+                let nps = kube::Api::<NetworkPolicy>::all(c.clone()).list(&lp).await?;
+                let pods = kube::Api::<Pod>::all(c.clone()).list(&lp).await?;
+                let nss = kube::Api::<Namespace>::all(c).list(&lp).await?;
+                let (policies, problems) = podnet_policy::read_policies(&nps.items);
+                for p in problems {
+                    eprintln!("warning: {p}");
+                }
+                let cluster = podnet_policy::Cluster::new(&pods.items, &nss.items);
+                let name_of = |ip: std::net::Ipv4Addr| {
+                    cluster
+                        .pods
+                        .iter()
+                        .find(|p| p.ip == ip)
+                        .map_or_else(|| ip.to_string(), |p| format!("{} ({ip})", p.key()))
+                };
+                println!("{} -> {} {protocol}/{port}", name_of(from), name_of(to));
+                Ok(podnet_policy::explain(
+                    &policies, &cluster, from, to, proto, port,
+                ))
+            })?;
+            println!("{e}");
             Ok(())
         }
         LabCmd::Kubectl { name, args } => kubectl(&existing(&name)?, &args),
