@@ -413,6 +413,23 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: headless}
+spec:
+  clusterIP: None
+  selector: {app: s}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: elsewhere
+  labels: {service.kubernetes.io/service-proxy-name: other-proxy}
+spec:
+  selector: {app: s}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: claim-b}
 spec:
   selector: {app: s}
@@ -554,8 +571,23 @@ fn services_policies_affinity_and_hairpin_in_the_lab() {
         service_problems(&external, "172.18.0.11") == Some(0)
     });
 
+    // A Service for another proxy is left alone: its cluster IP leads nowhere here.
+    let elsewhere = format!("{}:80", vips["elsewhere"]);
+    assert!(
+        echo_from(&client, &elsewhere).is_err(),
+        "{elsewhere} answered"
+    );
+    assert_eq!(vips["headless"], "None");
+
     // The programmed table, readable.
     let dump = lab.ok(&["services", "--node", "node-1"]);
+    for absent in [
+        "default/headless/",
+        "default/elsewhere/",
+        &vips["elsewhere"],
+    ] {
+        assert!(!dump.contains(absent), "{absent} programmed:\n{dump}");
+    }
     for want in [
         "table ip podnet-services",
         "chain svc-default/sticky/tcp",
@@ -1315,4 +1347,259 @@ fn terminating_endpoints_get_no_new_traffic_unless_no_ready_one_is_left_in_the_l
         "{:?}",
         t.elapsed()
     );
+}
+
+/// `podnet lab matrix` output → (from, to) → connected.
+fn matrix(lab: &Lab, proto: &str, port: u16) -> std::collections::BTreeMap<(String, String), bool> {
+    let out = lab.ok(&["matrix", "--protocol", proto, "--port", &port.to_string()]);
+    let mut lines = out.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split('\t')
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let mut m = std::collections::BTreeMap::new();
+    for l in lines {
+        let mut f = l.split('\t');
+        let from = f.next().unwrap().to_string();
+        for (to, v) in header.iter().zip(f) {
+            m.insert((from.clone(), to.clone()), v == ".");
+        }
+    }
+    m
+}
+
+/// (protocol, port, (from ns, pod), (to ns, pod), the destination pod's IP) → connects.
+type Expect = fn(&str, u16, (&str, &str), (&str, &str), &str) -> bool;
+
+/// One upstream netpol case: the policies, a probe (protocol, port) and the truth table
+/// (loopback always connects: a pod reaching itself never leaves its namespace, as
+/// upstream's `AllowLoopback`).
+struct NetpolCase {
+    name: &'static str,
+    yaml: &'static str,
+    probes: &'static [(&'static str, u16)],
+    expect: Expect,
+}
+
+fn policy_doc(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{spec}"
+    )
+}
+
+/// Upstream's NetworkPolicy data-plane cases (test/e2e/network/netpol/network_policy.go)
+/// on upstream's model, with the same expectations, probed with real TCP, UDP and SCTP.
+#[test]
+fn upstream_netpol_cases_in_the_lab() {
+    let lab = Lab::up("up", &["--nodes", "2", "--no-workload"]);
+    lab.ok(&["netpol-model"]);
+    let split = |s: &str| -> (String, String) {
+        let (a, b) = s.split_once('/').unwrap();
+        (a.to_string(), b.to_string())
+    };
+    let all_open = || {
+        ["tcp", "udp", "sctp"]
+            .iter()
+            .all(|p| matrix(&lab, p, 80).values().all(|v| *v))
+    };
+    wait_for("the model answers everything", all_open);
+    let pod_ips: std::collections::BTreeMap<String, String> = lab
+        .ok(&[
+            "kubectl",
+            "--",
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert!(
+        pod_ips.values().any(|ip| ip.starts_with("10.244.1.")),
+        "no model pod on 10.244.1.0/24: {pod_ips:?}"
+    );
+    let cases: Vec<(NetpolCase, String)> = netpol_cases()
+        .into_iter()
+        .map(|c| {
+            let docs = c.yaml.to_string();
+            (c, docs)
+        })
+        .collect();
+    for (case, yaml) in &cases {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        lab.ok(&["apply", "-f", f.path().to_str().unwrap()]);
+        for (proto, port) in case.probes {
+            let check = || {
+                let m = matrix(&lab, proto, *port);
+                let wrong: Vec<String> = m
+                    .iter()
+                    .filter(|((from, to), ok)| {
+                        let (f, t) = (split(from), split(to));
+                        let want = from == to
+                            || (case.expect)(
+                                proto,
+                                *port,
+                                (&f.0, &f.1),
+                                (&t.0, &t.1),
+                                &pod_ips[to],
+                            );
+                        **ok != want
+                    })
+                    .map(|((from, to), ok)| format!("{from}->{to} got {ok}"))
+                    .collect();
+                (m.len() == 81 && wrong.is_empty(), wrong)
+            };
+            let started = Instant::now();
+            loop {
+                let (ok, wrong) = check();
+                if ok {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "case {:?} {proto}/{port}: {} wrong: {wrong:?}\n{}",
+                    case.name,
+                    wrong.len(),
+                    lab.ok(&["matrix", "--protocol", proto, "--port", &port.to_string()])
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        lab.ok(&["delete", "-f", f.path().to_str().unwrap()]);
+        wait_for("open again", || {
+            matrix(&lab, "tcp", 80).values().all(|v| *v)
+        });
+    }
+}
+
+fn netpol_cases() -> Vec<NetpolCase> {
+    // Leaked so the cases can hold &'static str built at run time.
+    let doc = |ns: &str, name: &str, spec: &str| -> &'static str {
+        Box::leak(policy_doc(ns, name, spec).into_boxed_str())
+    };
+    vec![
+        NetpolCase {
+            name: "should support a 'default-deny-ingress' policy",
+            yaml: doc("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n"),
+            probes: &[("tcp", 80), ("udp", 81), ("sctp", 80)],
+            expect: |_, _, _, to, _| to.0 != "x",
+        },
+        NetpolCase {
+            name: "should support a 'default-deny-all' policy",
+            yaml: doc("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"),
+            probes: &[("tcp", 80), ("udp", 80)],
+            expect: |_, _, from, to, _| from.0 != "x" && to.0 != "x",
+        },
+        NetpolCase {
+            name: "should enforce policy to allow traffic from pods within server namespace based on PodSelector",
+            yaml: doc(
+                "x",
+                "x-a-from-b",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n",
+            ),
+            probes: &[("tcp", 80)],
+            expect: |_, _, from, to, _| to != ("x", "a") || from == ("x", "b"),
+        },
+        NetpolCase {
+            name: "should enforce policy based on NamespaceSelector with MatchExpressions",
+            yaml: doc(
+                "x",
+                "from-not-y",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [\"y\"]}]}}]\n",
+            ),
+            probes: &[("tcp", 80)],
+            expect: |_, _, from, to, _| to != ("x", "a") || from.0 == "y",
+        },
+        NetpolCase {
+            name: "should enforce policy based on PodSelector and NamespaceSelector (both in one peer)",
+            yaml: doc(
+                "x",
+                "from-z-b",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}, podSelector: {matchLabels: {pod: b}}}]\n",
+            ),
+            probes: &[("tcp", 80)],
+            expect: |_, _, from, to, _| to != ("x", "a") || from == ("z", "b"),
+        },
+        NetpolCase {
+            name: "should enforce policy based on Ports (allow 81 only)",
+            yaml: doc(
+                "x",
+                "port-81",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81, protocol: TCP}]\n    from: [{namespaceSelector: {}}]\n",
+            ),
+            probes: &[("tcp", 80), ("tcp", 81)],
+            expect: |_, port, _, to, _| to != ("x", "a") || port == 81,
+        },
+        NetpolCase {
+            name: "should allow ingress access on one named port",
+            yaml: doc(
+                "x",
+                "named-81-tcp",
+                "  podSelector: {}\n  ingress:\n  - ports: [{port: serve-81-tcp}]\n",
+            ),
+            probes: &[("tcp", 80), ("tcp", 81), ("udp", 81)],
+            expect: |proto, port, _, to, _| to.0 != "x" || (proto == "tcp" && port == 81),
+        },
+        NetpolCase {
+            name: "should enforce ingress policy allowing any port traffic to a server on a specific protocol",
+            yaml: doc(
+                "x",
+                "udp-only",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: UDP}]\n",
+            ),
+            probes: &[("tcp", 80), ("udp", 80), ("udp", 81), ("sctp", 81)],
+            expect: |proto, _, _, to, _| to != ("x", "a") || proto == "udp",
+        },
+        NetpolCase {
+            name: "should deny ingress from pods on other namespaces",
+            yaml: doc(
+                "x",
+                "same-ns",
+                "  podSelector: {}\n  ingress:\n  - from: [{podSelector: {}}]\n",
+            ),
+            probes: &[("tcp", 80)],
+            expect: |_, _, from, to, _| to.0 != "x" || from.0 == "x",
+        },
+        NetpolCase {
+            name: "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
+            yaml: Box::leak(
+                format!(
+                    "{}---\n{}",
+                    policy_doc(
+                        "x",
+                        "x-a-egress-to-y",
+                        // policyTypes as upstream's generator sets it: without it the
+                        // API defaults to Ingress too, isolating x/a's ingress as well.
+                        "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]\n",
+                    ),
+                    policy_doc(
+                        "z",
+                        "allow-all-to-z",
+                        "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {}}]\n",
+                    )
+                )
+                .into_boxed_str(),
+            ),
+            probes: &[("tcp", 80)],
+            expect: |_, _, from, to, _| from != ("x", "a") || to.0 == "y",
+        },
+        NetpolCase {
+            name: "should enforce except clause while egress access to server in CIDR block",
+            yaml: doc(
+                "x",
+                "egress-cidr-except",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.0/24]}}]\n",
+            ),
+            probes: &[("tcp", 80)],
+            // 10.244.1.0/24 is one node's pod CIDR: the pods placed there are excepted.
+            expect: |_, _, from, _, to_ip| from != ("x", "a") || !to_ip.starts_with("10.244.1."),
+        },
+    ]
 }

@@ -529,7 +529,7 @@ fn connect(dst: SocketAddr) -> Result<EchoReply, String> {
 }
 
 /// Each pod namespace of the lab, by the IPv4 addresses on its interfaces.
-fn pod_namespaces_by_ip(prefix: &str) -> BTreeMap<Ipv4Addr, String> {
+pub(crate) fn pod_namespaces_by_ip(prefix: &str) -> BTreeMap<Ipv4Addr, String> {
     let mut out = BTreeMap::new();
     for ns in namespaces_with_prefix(prefix) {
         let Ok(fd) = netns::open(netns::named_path(&ns)) else {

@@ -14,6 +14,7 @@
 mod apply;
 mod check;
 mod net;
+pub mod netpol;
 mod state;
 mod status;
 pub mod topology;
@@ -81,6 +82,24 @@ pub enum LabCmd {
         port: u16,
         #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "sctp"])]
         protocol: String,
+    },
+    /// Create upstream's NetworkPolicy test model: namespaces x, y, z with pods a, b, c
+    /// serving TCP/UDP/SCTP on 80 and 81, each behind a Service; waits until they run.
+    NetpolModel {
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+    /// The model's 9×9 reachability matrix with real packets (`.` connected, `X` not).
+    Matrix {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        #[arg(long, default_value = "tcp")]
+        protocol: netpol::Protocol,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// Probe each pod's Service instead of its pod IP.
+        #[arg(long)]
+        service: bool,
     },
     /// Run kubectl against the lab (arguments after `--`).
     Kubectl {
@@ -174,6 +193,33 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 ))
             })?;
             println!("{e}");
+            Ok(())
+        }
+        LabCmd::NetpolModel { name } => {
+            let t = existing(&name)?;
+            let text = netpol::model_yaml();
+            with_api(&t, |c| async move { apply::apply(&c, &text).await })?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                let m = netpol::matrix(&t, netpol::Protocol::Tcp, 80, false);
+                if m.is_ok() {
+                    println!("model ready: x, y, z × a, b, c");
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    return m.map(|_| ()).context("the model's pods did not come up");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        LabCmd::Matrix {
+            name,
+            protocol,
+            port,
+            service,
+        } => {
+            let m = netpol::matrix(&existing(&name)?, protocol, port, service)?;
+            print!("{}", netpol::render(&m));
             Ok(())
         }
         LabCmd::Kubectl { name, args } => kubectl(&existing(&name)?, &args),
