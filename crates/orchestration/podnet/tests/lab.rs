@@ -1158,6 +1158,22 @@ fn network_policy_in_the_lab() {
         yes.contains("allowed by x/allow-yb ingress rule 0") && yes.contains("y/yb ("),
         "{yes}"
     );
+    // A policy the API refuses (as the real one would) changes nothing, and says why.
+    let bad = lab.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\n\
+         spec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n    \
+         ports: [{endPort: 90}]\n",
+    );
+    let said = text(&bad);
+    assert!(!bad.status.success(), "{said}");
+    for want in [
+        "NetworkPolicy",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "spec.ingress[0].ports[0].endPort",
+    ] {
+        assert!(said.contains(want), "{want} missing in {said}");
+    }
+    assert!(echo_from(&yb, &to_xa).is_ok(), "still admitted");
     lab.ok(&["delete", "-f", f.path().to_str().unwrap()]);
     let removed = std::time::Instant::now();
     wait_for("ya admitted again", || echo_from(&ya, &to_xa).is_ok());
