@@ -1174,6 +1174,29 @@ fn network_policy_in_the_lab() {
         assert!(said.contains(want), "{want} missing in {said}");
     }
     assert!(echo_from(&yb, &to_xa).is_ok(), "still admitted");
+    // A label change moves a pod in or out of a peer within a second.
+    for (label, admitted) in [("pod=b", true), ("pod=a", false)] {
+        lab.ok(&[
+            "kubectl",
+            "--",
+            "label",
+            "pod",
+            "ya",
+            "-n",
+            "y",
+            label,
+            "--overwrite",
+        ]);
+        let changed = std::time::Instant::now();
+        wait_for("the label change enforced", || {
+            echo_from(&ya, &to_xa).is_ok() == admitted
+        });
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "{label}: took {:?}",
+            changed.elapsed()
+        );
+    }
     lab.ok(&["delete", "-f", f.path().to_str().unwrap()]);
     let removed = std::time::Instant::now();
     wait_for("ya admitted again", || echo_from(&ya, &to_xa).is_ok());
