@@ -306,38 +306,9 @@ fn node_leaves_and_returns(mode: &str, tag: &str, route: fn(&str) -> String) {
     server.read_exact(&mut buf).unwrap();
 
     // Kill node-1's agent and start it again with the same command line.
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(format!("/run/podnet/labs/{}/lab.json", lab.name)).unwrap(),
-    )
-    .unwrap();
-    let pid = rec["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["role"] == "agent" && p["member"] == "node-1")
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let args = kill_agent(&lab, "node-1");
     let routes_before = routes_in(&ns1);
-    let mut agent = in_netns(&ns1, || {
-        Command::new(&args[0])
-            .args(&args[1..])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    });
+    let mut agent = start_agent(&ns1, &args);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         agent.try_wait().unwrap(),
@@ -355,6 +326,47 @@ fn node_leaves_and_returns(mode: &str, tag: &str, route: fn(&str) -> String) {
     lab.ok(&["check"]);
     agent.kill().unwrap();
     agent.wait().unwrap();
+}
+
+/// SIGKILLs `node`'s agent; returns its command line (to start it again).
+fn kill_agent(lab: &Lab, node: &str) -> Vec<String> {
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/podnet/labs/{}/lab.json", lab.name)).unwrap(),
+    )
+    .unwrap();
+    let pid = rec["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "agent" && p["member"] == node)
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    args
+}
+
+/// Starts an agent with `args` inside namespace `ns` (the caller kills it).
+fn start_agent(ns: &str, args: &[String]) -> std::process::Child {
+    let args = args.to_vec();
+    in_netns(ns, move || {
+        Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    })
 }
 
 const SERVICES_MANIFEST: &str = "\
@@ -1174,6 +1186,27 @@ fn network_policy_in_the_lab() {
         assert!(said.contains(want), "{want} missing in {said}");
     }
     assert!(echo_from(&yb, &to_xa).is_ok(), "still admitted");
+    // Fail closed: with node-1's agent dead, and while a new one starts and syncs, the
+    // isolated pod stays isolated (the table stays in the kernel; the first sync replaces
+    // it atomically).
+    let args = kill_agent(&lab, "node-1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        echo_from(&ya, &to_xa).is_err(),
+        "open while the agent is dead"
+    );
+    let mut agent = start_agent(&node1, &args);
+    let restarted = std::time::Instant::now();
+    while restarted.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            echo_from(&ya, &to_xa).is_err(),
+            "open while the agent starts"
+        );
+        assert!(
+            echo_from(&yb, &to_xa).is_ok(),
+            "yb cut while the agent starts"
+        );
+    }
     // A label change moves a pod in or out of a peer within a second.
     for (label, admitted) in [("pod=b", true), ("pod=a", false)] {
         lab.ok(&[
@@ -1205,6 +1238,8 @@ fn network_policy_in_the_lab() {
         "policy removal took {:?}",
         removed.elapsed()
     );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
 }
 
 /// A drain pod on node-1 (echo that keeps serving `drain` seconds after SIGTERM, 30 s
