@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::model::{Cluster, PodView, Policy, admits, merge, rule_runs};
+use crate::model::{Cluster, Index, PodView, Policy, admits, merge, rule_runs};
 
 /// One direction's finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +50,7 @@ pub fn explain(
     proto: u8,
     port: u16,
 ) -> Explanation {
+    let index = Index::new(cluster);
     let pod_at = |ip: Ipv4Addr| cluster.pods.iter().find(|p| p.ip == ip);
     let finding = |pod: Option<&PodView>, peer: Ipv4Addr, ingress: bool| {
         let Some(pod) = pod else {
@@ -72,7 +73,7 @@ pub fn explain(
         let allowed_by = selecting.iter().find_map(|p| {
             let rules = if ingress { &p.ingress } else { &p.egress };
             rules.iter().flatten().enumerate().find_map(|(i, r)| {
-                let runs = merge(rule_runs(p, r, cluster, pod, ingress));
+                let runs = merge(rule_runs(p, r, &index, pod, ingress));
                 admits(&runs, peer, proto, port).then(|| (p.key(), i))
             })
         });

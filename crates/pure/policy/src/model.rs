@@ -25,8 +25,10 @@
 //!   contributes no allowance, but still isolates the pods its `podSelector` picks: a
 //!   broken policy never opens traffic.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -149,12 +151,6 @@ impl Cluster {
             pods: pods.iter().filter_map(PodView::from_pod).collect(),
             namespaces,
         }
-    }
-
-    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
-        self.namespaces.get(ns).cloned().unwrap_or_else(|| {
-            BTreeMap::from([("kubernetes.io/metadata.name".into(), ns.to_string())])
-        })
     }
 }
 
@@ -491,14 +487,61 @@ pub fn read_policies(policies: &[NetworkPolicy]) -> (Vec<Policy>, Vec<Problem>) 
 
 /// The policy of every pod on `node` (every pod when `node` is `None`) that some policy
 /// isolates, sorted by pod IP.
-pub fn plan_pods(policies: &[Policy], cluster: &Cluster, node: Option<&str>) -> Vec<PodPolicy> {
+///
+/// Cost: pods and policies are indexed by namespace once; each peer's pods are found once
+/// (a namespace selector is evaluated per namespace, not per pod) and shared by every pod
+/// the rule applies to; pods that get the same policies (and, for ingress, declare the
+/// same container ports) share one computed [`Direction`].
+pub fn plan_pods<'c>(
+    policies: &[Policy],
+    cluster: &'c Cluster,
+    node: Option<&str>,
+) -> Vec<PodPolicy> {
+    let index = Index::new(cluster);
+    let mut by_ns: HashMap<&str, Vec<&Policy>> = HashMap::new();
+    for p in policies {
+        by_ns.entry(p.namespace.as_str()).or_default().push(p);
+    }
+    let mut done: HashMap<DirectionKey, Option<Direction>> = HashMap::new();
+    let mut direction = |pod: &'c PodView, ingress: bool| -> Option<Direction> {
+        let selecting: Vec<&Policy> = by_ns
+            .get(pod.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| p.selects(pod))
+            .filter(|p| {
+                if ingress {
+                    p.ingress.is_some()
+                } else {
+                    p.egress.is_some()
+                }
+            })
+            .collect();
+        if selecting.is_empty() {
+            return None;
+        }
+        // What a direction depends on: the policies, and for ingress the selected pod's
+        // declared ports (named ports resolve against it); egress does not look at the pod.
+        let key = DirectionKey {
+            ingress,
+            policies: selecting
+                .iter()
+                .map(|p| *p as *const Policy as usize)
+                .collect(),
+            ports: if ingress { &pod.ports } else { &[] },
+        };
+        done.entry(key)
+            .or_insert_with(|| Some(compute_direction(&selecting, &index, pod, ingress)))
+            .clone()
+    };
     let mut out: Vec<PodPolicy> = cluster
         .pods
         .iter()
         .filter(|p| node.is_none() || p.node.as_deref() == node)
         .filter_map(|pod| {
-            let ingress = direction(policies, cluster, pod, true);
-            let egress = direction(policies, cluster, pod, false);
+            let ingress = direction(pod, true);
+            let egress = direction(pod, false);
             (ingress.is_some() || egress.is_some()).then(|| PodPolicy {
                 pod: pod.key(),
                 ip: pod.ip,
@@ -511,46 +554,272 @@ pub fn plan_pods(policies: &[Policy], cluster: &Cluster, node: Option<&str>) -> 
     out
 }
 
-fn direction(
-    policies: &[Policy],
-    cluster: &Cluster,
+/// Identifies a computed direction: policies by address (they outlive the plan).
+#[derive(PartialEq, Eq, Hash)]
+struct DirectionKey<'c> {
+    ingress: bool,
+    policies: Vec<usize>,
+    ports: &'c [(String, u8, u16)],
+}
+
+fn compute_direction(
+    selecting: &[&Policy],
+    index: &Index<'_>,
     pod: &PodView,
     ingress: bool,
-) -> Option<Direction> {
-    let selecting: Vec<(&Policy, &Vec<Rule>)> = policies
-        .iter()
-        .filter(|p| p.selects(pod))
-        .filter_map(|p| {
-            let rules = if ingress { &p.ingress } else { &p.egress };
-            rules.as_ref().map(|r| (p, r))
-        })
-        .collect();
-    if selecting.is_empty() {
-        return None;
-    }
-    let mut runs = Vec::new();
-    for (policy, rules) in &selecting {
-        for rule in *rules {
-            runs.extend(rule_runs(policy, rule, cluster, pod, ingress));
+) -> Direction {
+    let mut table = PortTable::default();
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    for policy in selecting {
+        let rules = if ingress {
+            &policy.ingress
+        } else {
+            &policy.egress
+        };
+        for rule in rules.iter().flatten() {
+            rule_runs_into(
+                policy,
+                rule,
+                index,
+                pod,
+                ingress,
+                &mut |first, last, ports| runs.push((first, last, table.id(ports))),
+            );
         }
     }
-    let mut names: Vec<String> = selecting.iter().map(|(p, _)| p.key()).collect();
+    let mut names: Vec<String> = selecting.iter().map(|p| p.key()).collect();
     names.sort();
     names.dedup();
-    Some(Direction {
+    Direction {
         policies: names,
-        allowed: merge(runs),
-    })
+        allowed: merge_interned(runs, &mut table),
+    }
+}
+
+/// Port sets of one computation, interned: runs carry ids, unions are memoized.
+#[derive(Default)]
+struct PortTable {
+    sets: Vec<PortSet>,
+    ids: HashMap<PortSet, u32>,
+    unions: HashMap<(u32, u32), u32>,
+    last: Option<u32>,
+}
+
+impl PortTable {
+    fn id(&mut self, p: &PortSet) -> u32 {
+        // Runs come in long stretches with one port set (a rule's peers): check the last first.
+        if let Some(last) = self.last
+            && self.sets[last as usize] == *p
+        {
+            return last;
+        }
+        let id = match self.ids.get(p) {
+            Some(id) => *id,
+            None => {
+                let id = self.sets.len() as u32;
+                self.sets.push(p.clone());
+                self.ids.insert(p.clone(), id);
+                id
+            }
+        };
+        self.last = Some(id);
+        id
+    }
+
+    fn union(&mut self, a: u32, b: u32) -> u32 {
+        if a == b {
+            return a;
+        }
+        let key = (a.min(b), a.max(b));
+        if let Some(id) = self.unions.get(&key) {
+            return *id;
+        }
+        let u = self.sets[a as usize].union(&self.sets[b as usize]);
+        let id = self.id(&u);
+        self.unions.insert(key, id);
+        id
+    }
+}
+
+/// [`merge`] over interned port sets (equal ids: equal sets); the same result.
+fn merge_interned(mut runs: Vec<(u32, u32, u32)>, table: &mut PortTable) -> Allowed {
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<u64> = runs
+        .iter()
+        .flat_map(|r| [u64::from(r.0), u64::from(r.1) + 1])
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    runs.sort_unstable();
+    let mut out: Vec<(u32, u32, u32)> = Vec::new();
+    let mut active: Vec<usize> = Vec::new();
+    let mut next_run = 0;
+    for w in points.windows(2) {
+        let (start, end) = (w[0], w[1] - 1);
+        while next_run < runs.len() && u64::from(runs[next_run].0) <= start {
+            active.push(next_run);
+            next_run += 1;
+        }
+        active.retain(|i| u64::from(runs[*i].1) >= start);
+        let mut ports: Option<u32> = None;
+        for i in &active {
+            let id = runs[*i].2;
+            ports = Some(match ports {
+                None => id,
+                Some(p) => table.union(p, id),
+            });
+        }
+        let Some(ports) = ports else { continue };
+        match out.last_mut() {
+            Some(prev) if u64::from(prev.1) + 1 == start && prev.2 == ports => {
+                prev.1 = end as u32;
+            }
+            _ => out.push((start as u32, end as u32, ports)),
+        }
+    }
+    out.into_iter()
+        .map(|(first, last, id)| Segment {
+            first,
+            last,
+            ports: table.sets[id as usize].clone(),
+        })
+        .collect()
+}
+
+/// The cluster's pods indexed for selector evaluation: by namespace, by address, and each
+/// peer's matching pods once per plan.
+pub(crate) struct Index<'a> {
+    cluster: &'a Cluster,
+    /// Pod indices per namespace (namespaces with pods only: others have no peers).
+    by_ns: BTreeMap<&'a str, Vec<usize>>,
+    /// (address, pod index), sorted.
+    by_ip: Vec<(u32, usize)>,
+    /// Labels of namespaces that have pods but no Namespace object.
+    implied: HashMap<&'a str, BTreeMap<String, String>>,
+    /// Pods matching a peer, keyed by the peer's address (policies outlive the index).
+    peers: RefCell<HashMap<usize, Rc<[usize]>>>,
+}
+
+impl<'a> Index<'a> {
+    pub(crate) fn new(cluster: &'a Cluster) -> Index<'a> {
+        let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut implied = HashMap::new();
+        for (i, p) in cluster.pods.iter().enumerate() {
+            by_ns.entry(p.namespace.as_str()).or_default().push(i);
+            if !cluster.namespaces.contains_key(&p.namespace) {
+                implied.entry(p.namespace.as_str()).or_insert_with(|| {
+                    BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        p.namespace.clone(),
+                    )])
+                });
+            }
+        }
+        let mut by_ip: Vec<(u32, usize)> = cluster
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (u32::from(p.ip), i))
+            .collect();
+        by_ip.sort_unstable();
+        Index {
+            cluster,
+            by_ns,
+            by_ip,
+            implied,
+            peers: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn namespace_labels(&self, ns: &str) -> &BTreeMap<String, String> {
+        match self.cluster.namespaces.get(ns) {
+            Some(l) => l,
+            None => &self.implied[ns],
+        }
+    }
+
+    /// Pods with addresses in `first..=last`.
+    fn pods_in(&self, first: u32, last: u32) -> impl Iterator<Item = &'a PodView> + '_ {
+        let from = self.by_ip.partition_point(|(a, _)| *a < first);
+        self.by_ip[from..]
+            .iter()
+            .take_while(move |(a, _)| *a <= last)
+            .map(|(_, i)| &self.cluster.pods[*i])
+    }
+
+    /// The pods a `Peer::Pods` of a policy in `policy_ns` matches.
+    fn peer_pods(
+        &self,
+        peer: &Peer,
+        policy_ns: &str,
+        namespaces: &Option<Selector>,
+        pods: &Selector,
+    ) -> Rc<[usize]> {
+        let key = peer as *const Peer as usize;
+        if let Some(found) = self.peers.borrow().get(&key) {
+            return found.clone();
+        }
+        let in_ns = |ns: &str| -> Vec<usize> {
+            self.by_ns
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|i| pods.matches(&self.cluster.pods[*i].labels))
+                .collect()
+        };
+        let found: Rc<[usize]> = match namespaces {
+            None => in_ns(policy_ns).into(),
+            Some(s) => self
+                .by_ns
+                .keys()
+                .filter(|ns| s.matches(self.namespace_labels(ns)))
+                .flat_map(|ns| in_ns(ns))
+                .collect::<Vec<_>>()
+                .into(),
+        };
+        self.peers.borrow_mut().insert(key, found.clone());
+        found
+    }
 }
 
 /// The (address run, ports) pairs one rule allows for `pod` (the selected pod).
 pub(crate) fn rule_runs(
     policy: &Policy,
     rule: &Rule,
-    cluster: &Cluster,
+    index: &Index<'_>,
     pod: &PodView,
     ingress: bool,
 ) -> Vec<Segment> {
+    let mut out = Vec::new();
+    rule_runs_into(
+        policy,
+        rule,
+        index,
+        pod,
+        ingress,
+        &mut |first, last, ports| {
+            out.push(Segment {
+                first,
+                last,
+                ports: ports.clone(),
+            })
+        },
+    );
+    out
+}
+
+/// [`rule_runs`], each pair handed to `emit` (never with an empty port set).
+fn rule_runs_into(
+    policy: &Policy,
+    rule: &Rule,
+    index: &Index<'_>,
+    pod: &PodView,
+    ingress: bool,
+    emit: &mut dyn FnMut(u32, u32, &PortSet),
+) {
     let numbers: Vec<(u8, u16, u16)> = rule
         .ports
         .iter()
@@ -583,30 +852,31 @@ pub(crate) fn rule_runs(
             }
             PortSet::ranges(v)
         };
-    let mut out = Vec::new();
-    let mut push = |first: u32, last: u32, ports: PortSet| {
+    let mut push = |first: u32, last: u32, ports: &PortSet| {
         if !ports.is_empty() {
-            out.push(Segment { first, last, ports });
+            emit(first, last, ports);
         }
     };
     // Named ports of egress rules resolve against each destination pod inside the peer.
     let per_destination = !ingress && !named.is_empty();
-    let blocks = |peer_first: u32, peer_last: u32, push: &mut dyn FnMut(u32, u32, PortSet)| {
-        push(peer_first, peer_last, ports_for(None));
+    let blocks = |peer_first: u32, peer_last: u32, push: &mut dyn FnMut(u32, u32, &PortSet)| {
+        push(peer_first, peer_last, &ports_for(None));
         if per_destination {
-            for d in &cluster.pods {
+            for d in index.pods_in(peer_first, peer_last) {
                 let a = u32::from(d.ip);
-                if (peer_first..=peer_last).contains(&a) {
-                    push(a, a, ports_for(Some(d)));
-                }
+                push(a, a, &ports_for(Some(d)));
             }
         }
     };
-    let ingress_ports = ports_for(Some(pod));
+    let ingress_ports = if ingress {
+        ports_for(Some(pod))
+    } else {
+        PortSet::All
+    };
     match &rule.peers {
         None => {
             if ingress {
-                push(0, u32::MAX, ingress_ports.clone());
+                push(0, u32::MAX, &ingress_ports);
             } else {
                 blocks(0, u32::MAX, &mut push);
             }
@@ -615,26 +885,23 @@ pub(crate) fn rule_runs(
             for peer in peers {
                 match peer {
                     Peer::Pods { namespaces, pods } => {
-                        for q in &cluster.pods {
-                            let ns_ok = match namespaces {
-                                None => q.namespace == policy.namespace,
-                                Some(s) => s.matches(&cluster.namespace_labels(&q.namespace)),
-                            };
-                            if ns_ok && pods.matches(&q.labels) {
-                                let a = u32::from(q.ip);
-                                let ports = if ingress {
-                                    ingress_ports.clone()
-                                } else {
-                                    ports_for(Some(q))
-                                };
-                                push(a, a, ports);
+                        if ingress && ingress_ports.is_empty() {
+                            continue;
+                        }
+                        let found = index.peer_pods(peer, &policy.namespace, namespaces, pods);
+                        for q in found.iter().map(|i| &index.cluster.pods[*i]) {
+                            let a = u32::from(q.ip);
+                            if ingress {
+                                push(a, a, &ingress_ports);
+                            } else {
+                                push(a, a, &ports_for(Some(q)));
                             }
                         }
                     }
                     Peer::Block { cidr, except } => {
                         for (first, last) in block_runs(*cidr, except) {
                             if ingress {
-                                push(first, last, ingress_ports.clone());
+                                push(first, last, &ingress_ports);
                             } else {
                                 blocks(first, last, &mut push);
                             }
@@ -644,7 +911,6 @@ pub(crate) fn rule_runs(
             }
         }
     }
-    out
 }
 
 /// `cidr` minus `except`, as sorted disjoint address runs.

@@ -33,7 +33,7 @@
 //! set elements. Refusals reject (TCP reset, ICMP admin-prohibited) rather than drop, so a
 //! client learns at once — Cilium and Calico drop by default.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use podnet_nft::{
@@ -69,11 +69,22 @@ pub mod names {
     }
 }
 
-/// FNV-1a: a hash that is the same in every process and release (names must be stable).
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// FNV-1a over the `Debug` text of `v`: a hash that is the same in every process and
+/// release (names must be stable). The text is fed to the hash as it is formatted, never
+/// held (this runs once per distinct allowance and port set per sync).
+fn stable_hash(v: &impl std::fmt::Debug) -> u64 {
+    struct Fnv(u64);
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = s.bytes().fold(self.0, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            Ok(())
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{v:?}"));
+    h.0
 }
 
 /// The node's policy table.
@@ -102,18 +113,26 @@ pub fn render(pods: &[PodPolicy]) -> Table {
             map: map.into(),
         }])
     };
-    let mut classes: BTreeMap<String, (bool, Allowed)> = BTreeMap::new();
+    let mut classes: BTreeMap<String, (bool, &Allowed)> = BTreeMap::new();
+    // Each distinct allowance is named (hashed) once, however many pods share it.
+    let mut named: [HashMap<&Allowed, String>; 2] = [HashMap::new(), HashMap::new()];
     let mut pod_maps: [Vec<Element>; 2] = [Vec::new(), Vec::new()];
     for p in pods {
         for (i, dir) in [(0, &p.ingress), (1, &p.egress)] {
             let Some(d) = dir else { continue };
             let ingress = i == 0;
-            let name = names::class(ingress, stable_hash(&format!("{:?}", d.allowed)));
+            let name = named[i]
+                .entry(&d.allowed)
+                .or_insert_with(|| {
+                    let name = names::class(ingress, stable_hash(&d.allowed));
+                    classes.insert(name.clone(), (ingress, &d.allowed));
+                    name
+                })
+                .clone();
             pod_maps[i].push(Element::verdict(
                 vec![Value::Ipv4(p.ip)],
-                Verdict::Jump(name.clone()),
+                Verdict::Jump(name),
             ));
-            classes.insert(name, (ingress, d.allowed.clone()));
         }
     }
     let pods_map = |name: &str, elems: Vec<Element>| {
@@ -154,15 +173,22 @@ pub fn render(pods: &[PodPolicy]) -> Table {
     ));
     let refuse = || Rule::new(vec![Stmt::Verdict(Verdict::Goto(names::REFUSE.into()))]);
     let mut port_sets: BTreeMap<String, Vec<(u8, u16, u16)>> = BTreeMap::new();
+    let mut port_names: HashMap<&Vec<(u8, u16, u16)>, String> = HashMap::new();
     for (class, (ingress, allowed)) in classes {
         let peers = names::peers(&class);
         let mut elems = Vec::new();
-        for seg in &allowed {
+        for seg in allowed {
             let verdict = match &seg.ports {
                 PortSet::All => Verdict::Return,
                 PortSet::Ranges(r) => {
-                    let name = names::ports(stable_hash(&format!("{r:?}")));
-                    port_sets.insert(name.clone(), r.clone());
+                    let name = port_names
+                        .entry(r)
+                        .or_insert_with(|| {
+                            let name = names::ports(stable_hash(r));
+                            port_sets.insert(name.clone(), r.clone());
+                            name
+                        })
+                        .clone();
                     Verdict::Goto(name)
                 }
             };
