@@ -394,7 +394,8 @@ async fn node_cidrs_scheduling_and_endpoint_slices() {
     );
     let svc = svcs.create(&PostParams::default(), &svc).await.unwrap();
     let spec = svc.spec.unwrap();
-    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
+    // The first address above the static band (KEP-3070), as the real allocator.
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.1.0"));
     assert_eq!(spec.ports.unwrap()[0].node_port, Some(30000));
     let sl = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
@@ -527,7 +528,7 @@ async fn node_cidrs_scheduling_and_endpoint_slices() {
 
     // Duplicate clusterIP and nodePort are rejected.
     let dup: Service = from(
-        json!({"metadata": {"name": "dup"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.1",
+        json!({"metadata": {"name": "dup"}, "spec": {"type": "NodePort", "clusterIP": "10.96.1.0",
         "ports": [{"port": 80, "nodePort": 30000}]}}),
     );
     let e = api_err(svcs.create(&PostParams::default(), &dup).await.unwrap_err());

@@ -173,7 +173,7 @@ async fn create_get_delete(k: Kubectl) {
     );
     let svc = k.ok(&["get", "svc"]).await;
     assert!(
-        svc.contains("NodePort") && svc.contains("10.96.0.1") && svc.contains("80:30000/TCP"),
+        svc.contains("NodePort") && svc.contains("10.96.1.0") && svc.contains("80:30000/TCP"),
         "{svc}"
     );
     let eps = k.ok(&["get", "endpointslices"]).await;
