@@ -119,20 +119,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(client);
     let (reader, writer) = reflector::store::<Node>();
     let notify = Arc::new(Notify::new());
-    let watch = {
-        let notify = notify.clone();
-        async move {
-            let stream =
-                reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-            futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(_) => notify.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "watching nodes"),
-                }
-            }
-        }
-    };
+    let watch = reflect(api, writer, notify.clone());
 
     let resync = config.resync;
     let sync_loop = async move {
@@ -245,4 +232,28 @@ fn spawn_kernel_thread(
         .context("spawn kernel thread")?;
     ready_rx.recv().context("kernel thread died at start")??;
     Ok(tx)
+}
+
+/// Mirrors one kind into a reflector store, waking the sync loop on every event.
+pub(crate) async fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    notify: Arc<Notify>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(_) => notify.notify_one(),
+            Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
+        }
+    }
 }

@@ -13,11 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use podnet_nft::{Table, Transaction, diff_tables};
 use podnet_policy::{Cluster, Problem, plan_pods, read_policies, render};
 use tokio::sync::Notify;
@@ -118,13 +117,13 @@ pub async fn run<T: PolicyOps + 'static>(
     let (np_reader, np_writer) = reflector::store::<NetworkPolicy>();
     let (pod_reader, pod_writer) = reflector::store::<Pod>();
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
-    let watch_np = reflect(
+    let watch_np = crate::reflect(
         Api::<NetworkPolicy>::all(client.clone()),
         np_writer,
         notify.clone(),
     );
-    let watch_pods = reflect(Api::<Pod>::all(client.clone()), pod_writer, notify.clone());
-    let watch_ns = reflect(Api::<Namespace>::all(client), ns_writer, notify.clone());
+    let watch_pods = crate::reflect(Api::<Pod>::all(client.clone()), pod_writer, notify.clone());
+    let watch_ns = crate::reflect(Api::<Namespace>::all(client), ns_writer, notify.clone());
     let sync_loop = async move {
         // Never program from a partial view: an empty cache would open every pod.
         np_reader.wait_until_ready().await.context("policy watch")?;
@@ -185,27 +184,6 @@ pub async fn run<T: PolicyOps + 'static>(
         () = watch_pods => Err(anyhow::anyhow!("pod watch ended")),
         () = watch_ns => Err(anyhow::anyhow!("namespace watch ended")),
         r = sync_loop => r,
-    }
-}
-
-/// Mirrors one kind into a reflector store, waking the sync loop on every event.
-async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<Notify>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(_) => notify.notify_one(),
-            Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
-        }
     }
 }
 
