@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,12 +44,12 @@ pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
     let out = match kind {
         Kind::Namespace => {
             let ns: Namespace = decode(kind, v)?;
-            check_name(&mut causes, ns.metadata.name.as_deref(), true);
+            check_meta(&mut causes, &ns.metadata, true);
             encode(&ns)?
         }
         Kind::Node => {
             let node: Node = decode(kind, v)?;
-            check_name(&mut causes, node.metadata.name.as_deref(), false);
+            check_meta(&mut causes, &node.metadata, false);
             for (i, c) in node
                 .spec
                 .iter()
@@ -66,19 +67,19 @@ pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
         }
         Kind::Pod => {
             let mut pod: Pod = decode(kind, v)?;
-            check_name(&mut causes, pod.metadata.name.as_deref(), false);
+            check_meta(&mut causes, &pod.metadata, false);
             validate_pod(&mut causes, &mut pod);
             encode(&pod)?
         }
         Kind::Service => {
             let mut svc: Service = decode(kind, v)?;
-            check_name(&mut causes, svc.metadata.name.as_deref(), true);
+            check_meta(&mut causes, &svc.metadata, true);
             validate_service(&mut causes, &mut svc, service_cidr);
             encode(&svc)?
         }
         Kind::EndpointSlice => {
             let es: EndpointSlice = decode(kind, v)?;
-            check_name(&mut causes, es.metadata.name.as_deref(), false);
+            check_meta(&mut causes, &es.metadata, false);
             if !matches!(es.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
                 causes.push(cause(
                     "addressType",
@@ -98,7 +99,7 @@ pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
         }
         Kind::NetworkPolicy => {
             let np: NetworkPolicy = decode(kind, v)?;
-            check_name(&mut causes, np.metadata.name.as_deref(), false);
+            check_meta(&mut causes, &np.metadata, false);
             validate_network_policy(&mut causes, &np);
             encode(&np)?
         }
@@ -207,7 +208,124 @@ fn cause(field: impl Into<String>, message: impl Into<String>) -> Cause {
     }
 }
 
-/// `None` name is fine here when generateName will fill it; the store checks presence.
+/// The name (`None` is fine here when generateName will fill it; the store checks
+/// presence) and the labels.
+fn check_meta(causes: &mut Vec<Cause>, meta: &ObjectMeta, label: bool) {
+    check_name(causes, meta.name.as_deref(), label);
+    for (k, v) in meta.labels.iter().flatten() {
+        check_label(causes, "metadata.labels", k, v);
+    }
+}
+
+/// A label's key (a qualified name) and value, as the API server checks them.
+fn check_label(causes: &mut Vec<Cause>, field: &str, key: &str, value: &str) {
+    if let Err(m) = qualified_name(key) {
+        causes.push(cause(field, format!("Invalid value: {key:?}: {m}")));
+    }
+    if let Err(m) = label_value(value) {
+        causes.push(cause(
+            format!("{field}[{key}]"),
+            format!("Invalid value: {value:?}: {m}"),
+        ));
+    }
+}
+
+/// `[prefix/]name`: the prefix a DNS subdomain, the name at most 63 characters of
+/// alphanumerics, `-`, `_`, `.`, starting and ending with an alphanumeric.
+pub fn qualified_name(s: &str) -> Result<(), String> {
+    let name = match s.split_once('/') {
+        Some((prefix, name)) => {
+            dns1123_subdomain(prefix).map_err(|m| format!("prefix part {m}"))?;
+            name
+        }
+        None => s,
+    };
+    if name.is_empty() || name.len() > 63 || !label_chars(name) {
+        return Err("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters), with an optional DNS subdomain prefix and '/'".into());
+    }
+    Ok(())
+}
+
+/// Empty, or at most 63 characters of alphanumerics, `-`, `_`, `.`, starting and ending
+/// with an alphanumeric.
+pub fn label_value(s: &str) -> Result<(), String> {
+    if s.is_empty() || (s.len() <= 63 && label_chars(s)) {
+        Ok(())
+    } else {
+        Err("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)".into())
+    }
+}
+
+fn label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A `LabelSelector` as the API server checks it: label syntax in `matchLabels`; in
+/// `matchExpressions` a known operator, values for In/NotIn and none for
+/// Exists/DoesNotExist.
+fn check_selector(causes: &mut Vec<Cause>, field: &str, sel: &LabelSelector) {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        check_label(causes, &format!("{field}.matchLabels"), k, v);
+    }
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        if let Err(m) = qualified_name(&e.key) {
+            causes.push(cause(
+                format!("{f}.key"),
+                format!("Invalid value: {:?}: {m}", e.key),
+            ));
+        }
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => causes.push(cause(
+                format!("{f}.values"),
+                "Required value: must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "Exists" | "DoesNotExist" if !values.is_empty() => causes.push(cause(
+                format!("{f}.values"),
+                "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => causes.push(cause(
+                format!("{f}.operator"),
+                format!(
+                    "Unsupported value: {other:?}: supported values: \"DoesNotExist\", \"Exists\", \"In\", \"NotIn\""
+                ),
+            )),
+        }
+        for (j, v) in values.iter().enumerate() {
+            if let Err(m) = label_value(v) {
+                causes.push(cause(
+                    format!("{f}.values[{j}]"),
+                    format!("Invalid value: {v:?}: {m}"),
+                ));
+            }
+        }
+    }
+}
+
+/// A port name (IANA_SVC_NAME): at most 15 lowercase alphanumerics or `-`, at least one
+/// letter, no `-` at either end and no `--`.
+pub fn port_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err("must be no more than 15 characters, contain only lowercase alphanumerics or '-', contain at least one letter, and not begin or end with '-' or contain '--'".into())
+    }
+}
+
 fn check_name(causes: &mut Vec<Cause>, name: Option<&str>, label: bool) {
     if let Some(n) = name
         && let Err(m) = if label {
@@ -286,6 +404,14 @@ fn validate_pod(causes: &mut Vec<Cause>, pod: &mut Pod) {
             causes.push(cause(format!("{f}.image"), "Required value"));
         }
         for (j, p) in c.ports.iter_mut().flatten().enumerate() {
+            if let Some(name) = &p.name
+                && let Err(m) = port_name(name)
+            {
+                causes.push(cause(
+                    format!("{f}.ports[{j}].name"),
+                    format!("Invalid value: {name:?}: {m}"),
+                ));
+            }
             check_port(
                 causes,
                 &format!("{f}.ports[{j}].containerPort"),
@@ -518,6 +644,9 @@ fn validate_network_policy(causes: &mut Vec<Cause>, np: &NetworkPolicy) {
     let Some(spec) = np.spec.as_ref() else {
         return;
     };
+    if let Some(sel) = &spec.pod_selector {
+        check_selector(causes, "spec.podSelector", sel);
+    }
     for (i, t) in spec.policy_types.iter().flatten().enumerate() {
         if !matches!(t.as_str(), "Ingress" | "Egress") {
             causes.push(cause(
@@ -550,6 +679,12 @@ fn validate_network_policy(causes: &mut Vec<Cause>, np: &NetworkPolicy) {
 
 fn peers(causes: &mut Vec<Cause>, field: &str, peers: Option<&[NetworkPolicyPeer]>) {
     for (i, p) in peers.unwrap_or_default().iter().enumerate() {
+        if let Some(sel) = &p.pod_selector {
+            check_selector(causes, &format!("{field}[{i}].podSelector"), sel);
+        }
+        if let Some(sel) = &p.namespace_selector {
+            check_selector(causes, &format!("{field}[{i}].namespaceSelector"), sel);
+        }
         let Some(b) = p.ip_block.as_ref() else {
             continue;
         };
@@ -602,6 +737,12 @@ fn np_ports(causes: &mut Vec<Cause>, field: &str, ports: Option<&[NetworkPolicyP
                     ));
                 }
             }
+            (Some(IntOrString::String(name)), _) if port_name(name).is_err() => {
+                causes.push(cause(
+                    format!("{f}.port"),
+                    format!("Invalid value: {name:?}: {}", port_name(name).unwrap_err()),
+                ));
+            }
             (Some(IntOrString::String(_)), Some(_)) => causes.push(cause(
                 format!("{f}.endPort"),
                 "Forbidden: may not be specified when `port` is non-numeric",
@@ -619,6 +760,54 @@ fn np_ports(causes: &mut Vec<Cause>, field: &str, ports: Option<&[NetworkPolicyP
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn np_causes(spec: Value) -> Vec<String> {
+        let np: NetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap();
+        let mut causes = Vec::new();
+        validate_network_policy(&mut causes, &np);
+        causes.into_iter().map(|c| c.field).collect()
+    }
+
+    #[test]
+    fn selectors_labels_and_port_names_are_checked_as_the_api_does() {
+        assert!(
+            np_causes(json!({"podSelector": {"matchExpressions": [
+                {"key": "app", "operator": "In", "values": ["a", "b"]},
+                {"key": "example.com/tier", "operator": "DoesNotExist"}]},
+                "ingress": [{"ports": [{"port": "serve-80-tcp"}]}]}))
+            .is_empty()
+        );
+        assert_eq!(
+            np_causes(json!({"podSelector": {
+                "matchLabels": {"bad key!": "v", "ok": "bad value!"},
+                "matchExpressions": [
+                    {"key": "app", "operator": "In"},
+                    {"key": "app", "operator": "Exists", "values": ["x"]},
+                    {"key": "app", "operator": "Near", "values": ["x"]}]},
+                "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "-x", "operator": "Exists"}]}}],
+                    "ports": [{"port": "Not_A_Name"}, {"port": "http--alt"}]}]})),
+            [
+                "spec.podSelector.matchLabels",
+                "spec.podSelector.matchLabels[ok]",
+                "spec.podSelector.matchExpressions[0].values",
+                "spec.podSelector.matchExpressions[1].values",
+                "spec.podSelector.matchExpressions[2].operator",
+                "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].key",
+                "spec.ingress[0].ports[0].port",
+                "spec.ingress[0].ports[1].port",
+            ]
+        );
+        assert!(qualified_name("kubernetes.io/metadata.name").is_ok());
+        assert!(qualified_name("Upper_Case.ok").is_ok());
+        assert!(qualified_name("a/b/c").is_err());
+        assert!(label_value("").is_ok());
+        assert!(label_value(&"a".repeat(64)).is_err());
+        assert!(port_name("dns-tcp").is_ok());
+        assert!(port_name("80").is_err());
+        assert!(port_name("a-very-long-port-name").is_err());
+    }
 
     #[test]
     fn unknown_fields_are_named_by_path() {

@@ -562,6 +562,28 @@ impl Kubelet {
         );
     }
 
+    /// Writes the pod's resolv.conf into its state directory (`None`: the node's file).
+    fn write_resolv_conf(&self, pod: &Pod) -> Result<Option<std::path::PathBuf>> {
+        let conf = crate::dns::plan_resolv_conf(
+            pod,
+            &self.cfg.cluster_dns,
+            &self.cfg.cluster_domain,
+            &self.cfg.node_resolv_conf,
+        )
+        .map_err(|e| anyhow!(e))?;
+        let Some(conf) = conf else { return Ok(None) };
+        let dir = self
+            .states
+            .pod_dir(pod.metadata.uid.as_deref().unwrap_or(""))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("resolv.conf");
+        let tmp = dir.join("resolv.conf.tmp");
+        std::fs::write(&tmp, conf.render())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Some(path))
+    }
+
     fn start_container(
         &self,
         pod: &Pod,
@@ -578,6 +600,10 @@ impl Kubelet {
                 let ip = ips.first().map(|i| i.to_string()).unwrap_or_default();
                 plan::plan_process(pod, c, &self.cfg.echo_exe, &ip, &self.cfg.node_name)
                     .map_err(|e| anyhow!(e))
+            })
+            .and_then(|mut spec| {
+                spec.resolv_conf = self.write_resolv_conf(pod)?;
+                Ok(spec)
             });
         let log = self
             .states

@@ -1,11 +1,12 @@
 //! Orchestration: the lab's per-node pod runtime (what kubelet and a container runtime do)
 //! and the built-in echo workload.
 //!
-//! Layers inside the crate: [`plan`] is pure (decisions, status objects), [`state`] and
+//! Layers inside the crate: [`plan`] and [`dns`] are pure (decisions, status objects), [`state`] and
 //! [`sandbox`] apply (files; namespaces, CNI, processes), [`kubelet`] is the loop, [`cni`]
 //! the libcni-like conflist executor, [`echo`] the workload ([`sctp`] its SCTP packets).
 
 pub mod cni;
+pub mod dns;
 pub mod echo;
 mod kubelet;
 pub mod plan;
@@ -28,6 +29,13 @@ pub struct Config {
     pub netns_prefix: String,
     /// The podnet binary; containers of image `podnet/echo` run `<echo_exe> echo`.
     pub echo_exe: std::path::PathBuf,
+    /// The cluster DNS Service's address(es) (kubelet's `--cluster-dns`); empty: pods use
+    /// the node's resolver configuration.
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// kubelet's `--cluster-domain` (`cluster.local`).
+    pub cluster_domain: String,
+    /// The node's resolver configuration (kubelet's `--resolv-conf`), as read at start.
+    pub node_resolv_conf: dns::ResolvConf,
 }
 
 /// Runs this node's kubelet (inside the node's network namespace) until the pod watch

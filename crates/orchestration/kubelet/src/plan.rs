@@ -323,6 +323,9 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// Bind-mounted over `/etc/resolv.conf` in the process's own mount namespace (the
+    /// pod's DNS settings, [`crate::dns`]); `None`: the node's file.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Pure: how to run one container. `podnet/echo` runs the built-in echo server; any other
@@ -390,6 +393,7 @@ pub fn plan_process(
             args,
             env,
             cwd,
+            resolv_conf: None,
         });
     }
     let mut argv = container
@@ -410,6 +414,7 @@ pub fn plan_process(
         args: argv.collect(),
         env,
         cwd,
+        resolv_conf: None,
     })
 }
 

@@ -102,11 +102,15 @@ pub fn start_process(
     let (tx, rx) = std::sync::mpsc::channel::<Result<Started>>();
     let exits = exits.clone();
     let program = spec.program.clone();
+    let resolv_conf = spec.resolv_conf.clone();
     std::thread::Builder::new()
         .name("container-reaper".into())
         .spawn(move || {
             let spawned = (|| -> Result<std::process::Child> {
                 let _inside = fd.as_ref().map(netns::enter).transpose()?;
+                if let Some(file) = &resolv_conf {
+                    private_resolv_conf(file)?;
+                }
                 cmd.spawn()
                     .with_context(|| format!("starting {}", program.display()))
             })();
@@ -132,6 +136,34 @@ pub fn start_process(
         .context("spawning the container thread")?;
     rx.recv()
         .map_err(|_| anyhow!("container thread ended without a word"))?
+}
+
+/// Gives the calling thread its own mount namespace (which its children inherit) in which
+/// `file` is bind-mounted over `/etc/resolv.conf` — what `ip netns exec` does with
+/// `/etc/netns/NAME/resolv.conf`. Mounts below `/` become slaves first, so nothing done
+/// here propagates back to the node. The thread must not be reused afterwards: the
+/// container thread only spawns and reaps.
+fn private_resolv_conf(file: &Path) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("unshare a mount namespace for the container")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("make / a slave mount")?;
+    mount(
+        Some(file),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mount {} over /etc/resolv.conf", file.display()))?;
+    Ok(())
 }
 
 /// Sends `sig` to each live process's group (the group holds the process's own
@@ -266,6 +298,44 @@ mod tests {
     }
 
     #[test]
+    fn a_container_sees_its_own_resolv_conf_and_the_node_keeps_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node_before = std::fs::read("/etc/resolv.conf").unwrap();
+        let file = tmp.path().join("resolv.conf");
+        std::fs::write(&file, "nameserver 10.96.0.10\noptions ndots:5\n").unwrap();
+        let spec = ProcessSpec {
+            program: "/bin/cat".into(),
+            args: vec!["/etc/resolv.conf".into()],
+            env: vec![],
+            cwd: "/".into(),
+            resolv_conf: Some(file),
+        };
+        let exits = ExitLog::default();
+        let log = tmp.path().join("c.log");
+        let p = start_process(None, &spec, &log, &exits).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while exits.peek(p.pid).is_none() {
+            assert!(Instant::now() < until, "cat did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(exits.take(p.pid), Some(0));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "nameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        // The bind mount lived in the container's mount namespace only.
+        assert_eq!(std::fs::read("/etc/resolv.conf").unwrap(), node_before);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts
+                .lines()
+                .any(|l| l.contains(" /etc/resolv.conf ")
+                    && l.contains(tmp.path().to_str().unwrap())),
+            "{mounts}"
+        );
+    }
+
+    #[test]
     fn process_lifecycle_and_exit_codes() {
         let tmp = tempfile::tempdir().unwrap();
         let exits = ExitLog::default();
@@ -274,6 +344,7 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![("GREETING".into(), "hello".into())],
             cwd: "/".into(),
+            resolv_conf: None,
         };
         let log = tmp.path().join("c.log");
         // Exits on its own with a code; output lands in the log.
@@ -314,6 +385,7 @@ mod tests {
             ],
             env: vec![],
             cwd: "/".into(),
+            resolv_conf: None,
         };
         let p = start_process(None, &spec, &tmp.path().join("l"), &exits).unwrap();
         std::thread::sleep(Duration::from_millis(100));
@@ -331,6 +403,7 @@ mod tests {
             args: vec![],
             env: vec![],
             cwd: "/".into(),
+            resolv_conf: None,
         };
         let err =
             start_process(None, &spec, &tmp.path().join("l"), &ExitLog::default()).unwrap_err();

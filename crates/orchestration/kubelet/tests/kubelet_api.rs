@@ -64,6 +64,9 @@ async fn pods_run_survive_a_restart_and_go_away() {
         state_dir: tmp.path().join("state"),
         netns_prefix: format!("pnkt{}", std::process::id()),
         echo_exe: "/bin/false".into(),
+        cluster_dns: vec![],
+        cluster_domain: "cluster.local".into(),
+        node_resolv_conf: Default::default(),
     };
     let kubelet = tokio::spawn(podnet_kubelet::run(cfg.clone(), client.clone()));
 
@@ -153,6 +156,9 @@ async fn graceful_deletion_sigterm_then_sigkill_at_the_grace() {
         state_dir: tmp.path().join("state"),
         netns_prefix: format!("pnkg{}", std::process::id()),
         echo_exe: "/bin/false".into(),
+        cluster_dns: vec![],
+        cluster_domain: "cluster.local".into(),
+        node_resolv_conf: Default::default(),
     };
     let kubelet = tokio::spawn(podnet_kubelet::run(cfg, client.clone()));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

@@ -76,6 +76,15 @@ pub struct KubeletArgs {
     state_dir: PathBuf,
     #[arg(long)]
     netns_prefix: String,
+    /// The cluster DNS Service address written into pods' resolv.conf (repeatable; none:
+    /// pods use the node's resolver configuration).
+    #[arg(long = "cluster-dns")]
+    cluster_dns: Vec<std::net::IpAddr>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The node's resolver configuration, the base of `dnsPolicy: Default` pods.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -145,6 +154,12 @@ pub fn kubelet(a: KubeletArgs) -> Result<()> {
         state_dir: a.state_dir,
         netns_prefix: a.netns_prefix,
         echo_exe: std::env::current_exe().context("own executable")?,
+        cluster_dns: a.cluster_dns,
+        cluster_domain: a.cluster_domain,
+        // A node without the file has no resolver configuration to pass on.
+        node_resolv_conf: podnet_kubelet::dns::ResolvConf::parse(
+            &std::fs::read_to_string(&a.resolv_conf).unwrap_or_default(),
+        ),
     };
     runtime()?.block_on(async move {
         let client = crate::lab::client(&a.server)?;
