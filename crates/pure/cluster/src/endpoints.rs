@@ -122,8 +122,16 @@ pub fn plan_endpoint_slices(svc: &Service, pods: &[Pod], existing: &[EndpointSli
                 });
             }
         }
+        // As upstream's controller: a pod's hostname is published when its subdomain
+        // names this Service (DNS then serves `hostname.service.ns.svc.zone`).
+        let spec = pod.spec.as_ref();
+        let hostname = spec
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .filter(|_| spec.and_then(|s| s.subdomain.as_deref()) == Some(svc_name.as_str()));
         groups.entry(ports).or_default().push(Endpoint {
             addresses: vec![ip.to_string()],
+            hostname,
             conditions: Some(plan_endpoint_conditions(pod)),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(ObjectReference {
@@ -383,6 +391,27 @@ mod tests {
             Some("a")
         );
         assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
+    }
+
+    #[test]
+    fn a_pods_hostname_is_published_only_under_its_subdomain_service() {
+        let s = svc(vec![port("http", 80, None)]);
+        let named = |name: &str, subdomain: &str| {
+            let mut p = pod(name, "web", Some("10.244.0.5"), true, 80);
+            let spec = p.spec.as_mut().unwrap();
+            spec.hostname = Some(format!("{name}-host"));
+            spec.subdomain = Some(subdomain.into());
+            p
+        };
+        let mut other = named("b", "other");
+        other.status.as_mut().unwrap().pod_ip = Some("10.244.0.6".into());
+        let plan = plan_endpoint_slices(&s, &[named("a", "web"), other], &[]);
+        let hostnames: Vec<Option<&str>> = plan.create[0]
+            .endpoints
+            .iter()
+            .map(|e| e.hostname.as_deref())
+            .collect();
+        assert_eq!(hostnames, [Some("a-host"), None]);
     }
 
     #[test]
