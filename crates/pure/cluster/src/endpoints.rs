@@ -85,6 +85,11 @@ pub fn plan_endpoint_slices(svc: &Service, pods: &[Pod], existing: &[EndpointSli
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
     let empty = BTreeMap::new();
+    let publish_not_ready = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
 
     // Group endpoints by resolved port set.
     let mut groups: BTreeMap<Vec<PortKey>, Vec<Endpoint>> = BTreeMap::new();
@@ -132,7 +137,17 @@ pub fn plan_endpoint_slices(svc: &Service, pods: &[Pod], existing: &[EndpointSli
         groups.entry(ports).or_default().push(Endpoint {
             addresses: vec![ip.to_string()],
             hostname,
-            conditions: Some(plan_endpoint_conditions(pod)),
+            conditions: Some(if publish_not_ready {
+                // Upstream: such a Service's endpoints are ready and serving regardless
+                // (DNS then publishes not-ready pods; the proxy uses them too).
+                EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    ..plan_endpoint_conditions(pod)
+                }
+            } else {
+                plan_endpoint_conditions(pod)
+            }),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
@@ -391,6 +406,18 @@ mod tests {
             Some("a")
         );
         assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
+    }
+
+    #[test]
+    fn publish_not_ready_addresses_makes_every_endpoint_ready() {
+        let mut s = svc(vec![port("http", 80, None)]);
+        s.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let plan = plan_endpoint_slices(&s, &[pod("a", "web", Some("10.244.0.5"), false, 80)], &[]);
+        let c = plan.create[0].endpoints[0].conditions.clone().unwrap();
+        assert_eq!(
+            (c.ready, c.serving, c.terminating),
+            (Some(true), Some(true), Some(false))
+        );
     }
 
     #[test]
