@@ -797,3 +797,150 @@ fn policy_table_lists_identically_and_changes_by_difference() {
         list_table(&c, "ip", "podnet-policy")
     );
 }
+
+/// A listing as a sorted bag of its lines and element entries (the kernel's hash order of
+/// elements differs between two loads of the same content).
+fn normalized(listing: &str) -> Vec<String> {
+    let mut parts: Vec<String> = listing
+        .replace("elements = {", "elements = {\n")
+        .split(['\n', ','])
+        .map(|p| p.trim().trim_end_matches('}').trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.sort();
+    parts
+}
+
+/// (1f) podnet-services' own table (shared pickers keyed by frontend and `numgen`,
+/// affinity chains): loaded through netlink it lists as `nft -f` of its rendering does,
+/// and a series of syncs applied by difference (endpoint counts changing, pickers
+/// appearing and going, a Local policy losing its local endpoint, Services removed and
+/// added) leaves what loading the final table whole leaves.
+#[test]
+fn services_proxy_table_lists_identically_and_changes_by_difference() {
+    use podnet_services::{Endpoint, PortName, Protocol, Proxy, ProxyConfig, ServicePort};
+    let ep = |ip: &str, port: u16, local: bool| Endpoint {
+        ip: ip.parse().unwrap(),
+        port,
+        local,
+    };
+    let port = |name: &str, protocol: Protocol, ip: &str, port: u16| ServicePort {
+        name: PortName {
+            namespace: "default".into(),
+            service: name.into(),
+            port: String::new(),
+            protocol,
+        },
+        cluster_ip: ip.parse().unwrap(),
+        port,
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        affinity_seconds: None,
+        external_local: false,
+        internal_local: false,
+        health_check_node_port: None,
+        cluster_endpoints: vec![],
+        local_endpoints: vec![],
+        has_endpoints: false,
+    };
+    let mut web = port("web", Protocol::Tcp, "10.96.0.10", 80);
+    web.cluster_endpoints = vec![ep("10.244.1.5", 8080, true), ep("10.244.2.5", 8080, false)];
+    web.has_endpoints = true;
+    web.node_port = Some(30080);
+    web.external_ips = vec!["172.18.0.100".parse().unwrap()];
+    let mut dns = port("dns", Protocol::Udp, "10.96.0.53", 53);
+    dns.cluster_endpoints = vec![ep("10.244.2.9", 53, false)];
+    dns.has_endpoints = true;
+    let mut shop = port("shop", Protocol::Tcp, "10.96.0.11", 443);
+    shop.cluster_endpoints = vec![ep("10.244.1.7", 8443, true), ep("10.244.3.7", 8443, false)];
+    shop.local_endpoints = vec![ep("10.244.1.7", 8443, true)];
+    shop.has_endpoints = true;
+    shop.external_local = true;
+    shop.node_port = Some(31443);
+    shop.load_balancer_ips = vec!["172.18.0.150".parse().unwrap()];
+    let mut sticky = port("sticky", Protocol::Sctp, "10.96.0.12", 80);
+    sticky.cluster_endpoints = vec![ep("10.244.2.8", 80, false), ep("10.244.3.8", 80, false)];
+    sticky.has_endpoints = true;
+    sticky.affinity_seconds = Some(60);
+    sticky.node_port = Some(30012);
+    let empty = port("empty", Protocol::Tcp, "10.96.0.13", 9000);
+
+    let config = ProxyConfig {
+        cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
+        service_cidr: Some(("10.96.0.0".parse().unwrap(), 12)),
+    };
+    let mut nss = Namespaces::new("svcs");
+    let (a, b) = (nss.ns("steps"), nss.ns("text"));
+    let mut nft = nft_in(&a);
+    let mut proxy = Proxy::new(config);
+    let mut ports = vec![web, dns, shop, sticky, empty];
+    let plan = proxy.sync(ports.clone());
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    nft.apply(&plan.transaction)
+        .expect("first sync through netlink");
+    let block = render_table(&proxy.table());
+    let (ok, _, err) = nft_tool(&b, &["-f", "-"], Some(&block));
+    assert!(ok, "nft -f of the rendered table failed: {err}\n{block}");
+    let listing = list_table(&a, "ip", "podnet-services");
+    assert_eq!(
+        normalized(&listing),
+        normalized(&list_table(&b, "ip", "podnet-services")),
+        "netlink listing:\n{listing}"
+    );
+    for needle in [
+        "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
+        "typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
+        "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints-2",
+        "10.96.0.10 . tcp . 80 . 1 : 10.244.2.5 . 8080",
+        "tcp . 31443 : goto ext-nodeport-local-2-1",
+        "numgen random mod 2 vmap @picks-svc-default/sticky/sctp",
+    ] {
+        assert!(listing.contains(needle), "missing {needle:?} in\n{listing}");
+    }
+
+    type Step<'a> = &'a dyn Fn(&mut Vec<ServicePort>);
+    let steps: [Step; 5] = [
+        // web grows to 3 endpoints: out of pick-2 (shop stays), ext-pick-2 goes.
+        &|p| p[0].cluster_endpoints.push(ep("10.244.3.5", 8080, false)),
+        // shop loses its local endpoint: Local traffic from outside is dropped.
+        &|p| {
+            p[2].local_endpoints.clear();
+            p[2].cluster_endpoints.remove(0);
+        },
+        // dns goes (pick-1 with it), the affinity port changes an endpoint.
+        &|p| {
+            p.remove(1);
+            p[2].cluster_endpoints[1] = ep("10.244.3.9", 80, false);
+        },
+        // empty gets endpoints; web back to 2.
+        &|p| {
+            p[3].cluster_endpoints = vec![ep("10.244.2.20", 9000, false)];
+            p[3].has_endpoints = true;
+            p[0].cluster_endpoints.pop();
+        },
+        // everything but the affinity port goes.
+        &|p| p.retain(|p| p.affinity_seconds.is_some()),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        step(&mut ports);
+        let plan = proxy.sync(ports.clone());
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+        assert!(
+            !plan.transaction.ops.contains(&Op::DeleteTable),
+            "step {i} is a difference"
+        );
+        nft.apply(&plan.transaction)
+            .unwrap_or_else(|e| panic!("step {i}: {e}\n{}", render_transaction(&plan.transaction)));
+        let d = nss.ns(&format!("whole{i}"));
+        nft_in(&d)
+            .apply(&Transaction::replace_table(&proxy.table()))
+            .unwrap();
+        assert_eq!(
+            normalized(&list_table(&a, "ip", "podnet-services")),
+            normalized(&list_table(&d, "ip", "podnet-services")),
+            "step {i}:\n{}",
+            render_transaction(&plan.transaction)
+        );
+    }
+}

@@ -931,9 +931,9 @@ fn load(w: &mut Writer, e: Expr, dreg: u32) {
             w.be32(1, dreg); // NFTA_NG_DREG
             w.be32(2, modulus); // NFTA_NG_MODULUS
             w.be32(3, NG_RANDOM); // NFTA_NG_TYPE
-            if offset != 0 {
-                w.be32(4, offset); // NFTA_NG_OFFSET
-            }
+            // nft 1.0.6 sends the offset even when it is 0 (`--debug=mnl`, see the
+            // pickers fixture in tests/encode.rs).
+            w.be32(4, offset); // NFTA_NG_OFFSET
         }),
         _ => unreachable!("payload expressions handled above"),
     }

@@ -21,7 +21,6 @@ mod incremental;
 mod model;
 mod proxy;
 pub mod render;
-mod slots;
 
 pub use incremental::{ObjectName, Planner, ServiceInput, SliceInput};
 pub use model::{
@@ -30,4 +29,3 @@ pub use model::{
 };
 pub use proxy::{Proxy, SyncPlan};
 pub use render::{MASQ_MARK, ProxyConfig, TABLE};
-pub use slots::{MIN_RANGE, Slots};

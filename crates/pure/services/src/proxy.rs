@@ -10,7 +10,7 @@
 //! difference of its own objects (usually one element deleted and one added), and
 //! nothing is ever read back from the kernel.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use podnet_nft::{Chain, Element, Op, Rule, Set, Table, Transaction, Value};
@@ -18,24 +18,23 @@ use podnet_nft::{Chain, Element, Op, Rule, Set, Table, Transaction, Value};
 use crate::incremental::ObjectName;
 use crate::model::{PortName, Problem, Protocol, ServicePort};
 use crate::render::{
-    FAMILY, PortObjects, ProxyConfig, Ranges, TABLE, names, render_base, render_port,
+    FAMILY, Map, PortObjects, ProxyConfig, Shared, TABLE, frontend_key, names, render_base,
+    render_port,
 };
-use crate::slots::Slots;
 
-/// One programmed port: the input and its index ranges (base, size). Its objects are
-/// rendered again when needed ([`render_port`] is a function of these and the config):
-/// keeping them would cost several times the port's own size, for every port.
+/// One programmed port. Its objects are rendered again when needed ([`render_port`] is a
+/// function of the port and the config): keeping them would cost several times the
+/// port's own size, for every port.
 #[derive(Clone, Debug)]
 struct Programmed {
     port: ServicePort,
-    ranges: [Option<(u32, u32)>; 2],
 }
 
 /// What a sync produced.
 #[derive(Clone, Debug)]
 pub struct SyncPlan {
     pub transaction: Transaction,
-    /// Ports left out (an address:port another port already owns, index space exhausted).
+    /// Ports left out (an address:port another port already owns).
     pub problems: Vec<Problem>,
     /// Ports whose objects changed (added, changed or removed).
     pub changed: Vec<PortName>,
@@ -54,20 +53,19 @@ pub struct SyncPlan {
 #[derive(Debug)]
 pub struct Proxy {
     config: ProxyConfig,
-    slots: Slots,
     ports: BTreeMap<PortName, Programmed>,
     /// Ports refused at the last sync (their problem), tried again at every sync: the
     /// port that held their address may have left meanwhile.
     rejected: BTreeMap<PortName, ServicePort>,
-    /// (map, key) → the port that owns the element, for the maps ports can collide in
-    /// (service and node-port dispatch). The `endpoints-K` / `endpoint-chains-K` shards
-    /// are not tracked: their keys are the owner's index range, which [`Slots`] never
-    /// hands out twice.
-    owners: HashMap<(String, Vec<Value>), PortName>,
-    /// Shared maps (`endpoints-K` shards) → (declaration, ports using it).
-    shared: BTreeMap<String, (Set, usize)>,
-    /// The shared maps the kernel holds (as of the last transaction built).
-    shared_programmed: BTreeSet<String>,
+    /// The elements of the maps ports can collide in (service and node-port dispatch),
+    /// as [`frontend_key`]s: each belongs to one programmed port. The pickers' maps are
+    /// not tracked: their keys start with a frontend its dispatch element claims.
+    owners: HashSet<u64>,
+    /// Shared pickers (`pick-N` and its map `endpoints-N`, `ext-pick-N`, …) → ports
+    /// using it.
+    shared: BTreeMap<Shared, usize>,
+    /// The shared pickers the kernel holds (as of the last transaction built).
+    shared_programmed: BTreeSet<Shared>,
     /// Local endpoint IP → how many ports use it (the shared `hairpin` set).
     hairpin: BTreeMap<Ipv4Addr, usize>,
     /// False until a transaction built by `sync` has been taken whole by the kernel.
@@ -78,10 +76,9 @@ impl Proxy {
     pub fn new(config: ProxyConfig) -> Proxy {
         Proxy {
             config,
-            slots: Slots::default(),
             ports: BTreeMap::new(),
             rejected: BTreeMap::new(),
-            owners: HashMap::new(),
+            owners: HashSet::new(),
             shared: BTreeMap::new(),
             shared_programmed: BTreeSet::new(),
             hairpin: BTreeMap::new(),
@@ -110,42 +107,53 @@ impl Proxy {
 
     /// The objects of a programmed port.
     fn objects(&self, p: &Programmed) -> PortObjects {
-        let r = Ranges {
-            cluster: p.ranges[0].map(|r| r.0),
-            local: p.ranges[1].map(|r| r.0),
-        };
-        render_port(&p.port, r, &self.config)
+        render_port(&p.port, &self.config)
     }
 
     /// The whole table as the memory describes it (for dumps and full replaces).
     pub fn table(&self) -> Table {
-        let mut t = render_base(&self.config);
-        let mut elements: BTreeMap<String, Vec<Element>> = BTreeMap::new();
-        t.sets
-            .extend(self.shared.values().map(|(s, _)| (s.clone(), Vec::new())));
+        let mut all = Assembly::default();
         for p in self.ports.values() {
-            let objects = self.objects(p);
-            t.sets
-                .extend(objects.sets.into_iter().map(|s| (s, Vec::new())));
-            t.chains.extend(
-                objects
-                    .chains
-                    .into_iter()
-                    .map(|(c, r)| (Chain::regular(c), r)),
-            );
-            for (map, e) in objects.elements {
-                elements.entry(map).or_default().push(e);
-            }
+            all.add(self.objects(p));
         }
+        self.assemble(all)
+    }
+
+    /// The table of the fixed part, the shared pickers, the hairpin set and `ports`.
+    fn assemble(&self, ports: Assembly) -> Table {
+        let mut t = render_base(&self.config);
+        let mut elements: BTreeMap<String, Vec<Element>> = ports
+            .elements
+            .into_iter()
+            .map(|(map, e)| (map.name(), e))
+            .collect();
         elements.insert(
             names::HAIRPIN.to_string(),
             self.hairpin.keys().map(|ip| hairpin_element(*ip)).collect(),
+        );
+        t.sets.extend(
+            self.shared
+                .keys()
+                .filter_map(Shared::set)
+                .chain(ports.sets)
+                .map(|s| (s, Vec::new())),
         );
         for (set, elems) in &mut t.sets {
             if let Some(e) = elements.remove(set.name.as_str()) {
                 *elems = e;
             }
         }
+        t.chains.extend(
+            self.shared
+                .keys()
+                .map(|s| (Chain::regular(s.chain()), s.rules(&self.config))),
+        );
+        t.chains.extend(
+            ports
+                .chains
+                .into_iter()
+                .map(|(c, r)| (Chain::regular(c), r)),
+        );
         t
     }
 
@@ -168,23 +176,31 @@ impl Proxy {
     pub fn sync_services(&mut self, updates: Vec<(ObjectName, Vec<ServicePort>)>) -> SyncPlan {
         let mut current = Vec::new();
         let mut desired = BTreeMap::new();
+        // Only needed when some port was refused (50k names in a set cost ~0.1 s).
         let mut updated = BTreeSet::new();
         for (service, ports) in updates {
-            let first = PortName {
-                namespace: service.namespace.clone(),
-                service: service.name.clone(),
-                port: String::new(),
-                protocol: Protocol::Tcp, // the smallest: with "", the Service's first name
-            };
-            current.extend(
-                self.ports
-                    .range(first..)
-                    .map(|(n, _)| n)
-                    .take_while(|n| n.namespace == service.namespace && n.service == service.name)
-                    .cloned(),
-            );
+            // Nothing programmed yet (the first sync): no port to look up.
+            if !self.ports.is_empty() {
+                let first = PortName {
+                    namespace: service.namespace.clone(),
+                    service: service.name.clone(),
+                    port: String::new(),
+                    protocol: Protocol::Tcp, // the smallest: with "", the Service's first name
+                };
+                current.extend(
+                    self.ports
+                        .range(first..)
+                        .map(|(n, _)| n)
+                        .take_while(|n| {
+                            n.namespace == service.namespace && n.service == service.name
+                        })
+                        .cloned(),
+                );
+            }
             desired.extend(ports.into_iter().map(|p| (p.name.clone(), p)));
-            updated.insert(service);
+            if !self.rejected.is_empty() {
+                updated.insert(service);
+            }
         }
         // Refused ports of Services that did not change are tried again, as `sync` does.
         for (name, port) in &self.rejected {
@@ -219,29 +235,32 @@ impl Proxy {
             }
             let p = self.ports.remove(&name).expect("listed");
             let objects = self.objects(&p);
-            // A changed port keeps its index ranges where they still fit (fewer elements
-            // change); a removed port gives them back.
-            self.release(&p, &objects, !desired.contains_key(&name));
+            self.release(&objects);
             changed.push(name);
             old.push((p, objects));
         }
-        let mut reusable: BTreeMap<&PortName, [Option<(u32, u32)>; 2]> =
-            old.iter().map(|(p, _)| (&p.port.name, p.ranges)).collect();
+        let previous: BTreeSet<&PortName> = old.iter().map(|(p, _)| &p.port.name).collect();
         // New and changed ports.
         // The objects of new and changed ports, for the difference; none when the whole
         // table is sent (kept, they would be a second copy of it at the peak).
         let full = !self.in_step;
         let mut new: Vec<(PortName, Option<PortObjects>)> = Vec::new();
+        // With a full replace, the new ports' objects go straight into the table.
+        let mut all = Assembly::default();
         let mut rejected = BTreeMap::new();
         for (name, port) in desired {
-            let previous = reusable.remove(&name);
-            match self.program(port, previous.unwrap_or_default()) {
+            match self.program(port) {
                 Ok((p, objects)) => {
-                    if previous.is_none() {
+                    if !previous.contains(&name) {
                         changed.push(name.clone()); // new (a changed one is listed)
                     }
                     self.ports.insert(name.clone(), p);
-                    new.push((name, (!full).then_some(objects)));
+                    if full {
+                        all.add(objects);
+                        new.push((name, None));
+                    } else {
+                        new.push((name, Some(objects)));
+                    }
                 }
                 Err(refused) => {
                     let (message, port) = *refused;
@@ -288,14 +307,25 @@ impl Proxy {
         }
 
         let transaction = if full {
-            drop((old, new));
-            replace(self.table())
+            drop(old);
+            // Ports this step left as they were (after a failure, `sync_services` only
+            // goes over the changed Services) are rendered again.
+            let done: BTreeSet<&PortName> = new.iter().map(|(n, _)| n).collect();
+            if done.len() < self.ports.len() {
+                for (name, p) in &self.ports {
+                    if !done.contains(name) {
+                        all.add(self.objects(p));
+                    }
+                }
+            }
+            drop(done);
+            replace(self.assemble(all))
         } else {
             let old: Vec<PortObjects> = old.into_iter().map(|(_, o)| o).collect();
             let new: Vec<PortObjects> = new.into_iter().filter_map(|(_, o)| o).collect();
             self.difference(&old, &new)
         };
-        self.shared_programmed = self.shared.keys().cloned().collect();
+        self.shared_programmed = self.shared.keys().copied().collect();
         self.in_step = true;
         SyncPlan {
             transaction,
@@ -306,95 +336,92 @@ impl Proxy {
         }
     }
 
-    /// Renders a port with fresh index ranges and claims its element keys; a refused port
-    /// comes back with the reason.
-    /// `previous` are the ranges the port held before this sync (not yet freed): kept when
-    /// the size still fits, freed otherwise.
+    /// Renders a port and claims its element keys; a refused port comes back with the
+    /// reason.
     fn program(
         &mut self,
         port: ServicePort,
-        previous: [Option<(u32, u32)>; 2],
     ) -> Result<(Programmed, PortObjects), Box<(String, ServicePort)>> {
-        let counts = [port.cluster_endpoints.len(), port.local_endpoints.len()];
-        let mut ranges = [None, None];
-        for (i, n) in counts.into_iter().enumerate() {
-            let want = (n > 0).then(|| Slots::range_for(n));
-            if let Some((base, size)) = previous[i] {
-                if want == Some(size) {
-                    ranges[i] = Some((base, size));
-                    continue;
-                }
-                self.slots.free(base, size);
-            }
-            if let Some(size) = want {
-                let Some(base) = self.slots.alloc(size) else {
-                    for (b, s) in ranges.iter().chain(&previous[i + 1..]).flatten() {
-                        self.slots.free(*b, *s);
-                    }
-                    return Err(Box::new((
-                        "the endpoint index space is exhausted".into(),
-                        port,
-                    )));
-                };
-                ranges[i] = Some((base, size));
-            }
-        }
-        let r = Ranges {
-            cluster: ranges[0].map(|r| r.0),
-            local: ranges[1].map(|r| r.0),
-        };
-        let objects = render_port(&port, r, &self.config);
-        let taken = owned_elements(&objects).find_map(|(map, e)| {
-            self.owners
-                .get(&(map.clone(), e.key.clone()))
-                .map(|owner| (map, e, owner))
-        });
-        if let Some((map, e, owner)) = taken {
+        let objects = render_port(&port, &self.config);
+        let taken = objects
+            .elements
+            .iter()
+            .find(|(map, e)| frontend_key(map, &e.key).is_some_and(|k| self.owners.contains(&k)));
+        if let Some((map, e)) = taken {
             let message = format!(
-                "{:?} in {map} is already used by {owner}",
+                "{:?} in {} is already used by {}",
                 e.key
                     .iter()
                     .map(podnet_nft::render::render_value)
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>(),
+                map.name(),
+                self.owner(map, &e.key)
+                    .map_or_else(|| "another port".to_string(), |o| o.to_string()),
             );
-            for (b, s) in ranges.iter().flatten() {
-                self.slots.free(*b, *s);
-            }
             return Err(Box::new((message, port)));
         }
-        for (map, e) in owned_elements(&objects) {
-            self.owners
-                .insert((map.clone(), e.key.clone()), port.name.clone());
-        }
-        for set in &objects.shared_sets {
-            match self.shared.get_mut(&set.name) {
-                Some(entry) => entry.1 += 1,
-                None => {
-                    self.shared.insert(set.name.clone(), (set.clone(), 1));
-                }
+        for (map, e) in &objects.elements {
+            if let Some(k) = frontend_key(map, &e.key) {
+                self.owners.insert(k);
             }
+        }
+        for s in &objects.shared {
+            *self.shared.entry(*s).or_default() += 1;
         }
         for ip in &objects.hairpin {
             *self.hairpin.entry(*ip).or_default() += 1;
         }
-        Ok((Programmed { port, ranges }, objects))
+        Ok((Programmed { port }, objects))
     }
 
-    /// Gives back a port's keys and hairpin references, and its ranges if `ranges`.
-    fn release(&mut self, p: &Programmed, objects: &PortObjects, ranges: bool) {
-        if ranges {
-            for (b, s) in p.ranges.iter().flatten() {
-                self.slots.free(*b, *s);
+    /// The programmed port that has `key` in `map` (a dispatch map). Only for reporting
+    /// a conflict: it looks at the ports whose addresses or node port could match before
+    /// rendering any.
+    fn owner(&self, map: &Map, key: &[Value]) -> Option<&PortName> {
+        let mut addr = None;
+        let mut number = None;
+        for v in key {
+            match v {
+                Value::Ipv4(a) => addr = Some(*a),
+                Value::Port(p) => number = Some(*p),
+                _ => {}
             }
         }
-        for (map, e) in owned_elements(objects) {
-            self.owners.remove(&(map.clone(), e.key.clone()));
+        self.ports
+            .values()
+            .filter(|p| {
+                let p = &p.port;
+                match addr {
+                    Some(a) => {
+                        Some(p.port) == number
+                            && (p.cluster_ip == a
+                                || p.external_ips.contains(&a)
+                                || p.load_balancer_ips.contains(&a))
+                    }
+                    None => p.node_port == number,
+                }
+            })
+            .find(|p| {
+                self.objects(p)
+                    .elements
+                    .iter()
+                    .any(|(m, e)| m == map && e.key == key)
+            })
+            .map(|p| &p.port.name)
+    }
+
+    /// Gives back a port's keys, shared pickers and hairpin references.
+    fn release(&mut self, objects: &PortObjects) {
+        for (map, e) in &objects.elements {
+            if let Some(k) = frontend_key(map, &e.key) {
+                self.owners.remove(&k);
+            }
         }
-        for set in &objects.shared_sets {
-            if let Some(entry) = self.shared.get_mut(&set.name) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
-                    self.shared.remove(&set.name);
+        for s in &objects.shared {
+            if let Some(n) = self.shared.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    self.shared.remove(s);
                 }
             }
         }
@@ -434,21 +461,21 @@ impl Proxy {
         }
 
         let mut tx = Transaction::new(FAMILY, TABLE);
-        let mut deletions: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
-        let mut additions: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
+        let mut deletions: BTreeMap<String, Vec<Element>> = BTreeMap::new();
+        let mut additions: BTreeMap<String, Vec<Element>> = BTreeMap::new();
         for ((map, key), data) in &before.elements {
-            if after.elements.get(&(map.clone(), key.clone())) != Some(data) {
+            if after.elements.get(&(*map, *key)) != Some(data) {
                 deletions
-                    .entry(map)
+                    .entry(map.name())
                     .or_default()
-                    .push(Element::key(key.clone()));
+                    .push(Element::key(key.to_vec()));
             }
         }
         for ((map, key), data) in &after.elements {
-            if before.elements.get(&(map.clone(), key.clone())) != Some(data) {
-                additions.entry(map).or_default().push(Element {
-                    key: key.clone(),
-                    data: data.clone(),
+            if before.elements.get(&(*map, *key)) != Some(data) {
+                additions.entry(map.name()).or_default().push(Element {
+                    key: key.to_vec(),
+                    data: (*data).clone(),
                 });
             }
         }
@@ -458,21 +485,18 @@ impl Proxy {
             let was = now + delta;
             if was > 0 && now == 0 {
                 deletions
-                    .entry(names::HAIRPIN)
+                    .entry(names::HAIRPIN.into())
                     .or_default()
                     .push(hairpin_element(ip));
             } else if was == 0 && now > 0 {
                 additions
-                    .entry(names::HAIRPIN)
+                    .entry(names::HAIRPIN.into())
                     .or_default()
                     .push(hairpin_element(ip));
             }
         }
         for (set, elems) in deletions {
-            tx.push(Op::DeleteElements {
-                set: set.to_string(),
-                elems,
-            });
+            tx.push(Op::DeleteElements { set, elems });
         }
         // A set whose declaration changes is deleted and created again; every chain that
         // could name it is then rewritten.
@@ -490,35 +514,61 @@ impl Proxy {
                 tx.push(Op::FlushChain(name.to_string()));
             }
         }
+        // Shared pickers no port uses any more: emptied first (they name each other and
+        // their maps), then deleted.
+        let unused: Vec<&Shared> = self
+            .shared_programmed
+            .iter()
+            .filter(|s| !self.shared.contains_key(*s))
+            .collect();
+        for s in &unused {
+            tx.push(Op::FlushChain(s.chain()));
+        }
         for name in before.chains.keys() {
             if !after.chains.contains_key(name) {
                 tx.push(Op::DeleteChain(name.to_string()));
             }
+        }
+        for s in &unused {
+            tx.push(Op::DeleteChain(s.chain()));
         }
         for name in before.sets.keys() {
             if !after.sets.contains_key(name) || rebuilt.contains(name) {
                 tx.push(Op::DeleteSet(name.to_string()));
             }
         }
-        // Shared shards: gone when their last port went (their rules are flushed above).
-        for name in self.shared_programmed.iter() {
-            if !self.shared.contains_key(name) {
-                tx.push(Op::DeleteSet(name.clone()));
-            }
+        // Pickers' maps: gone when their last port went (their rules are flushed above).
+        for set in unused.iter().filter_map(|s| s.set()) {
+            tx.push(Op::DeleteSet(set.name));
         }
-        for (name, (set, _)) in &self.shared {
-            if !self.shared_programmed.contains(name) {
-                tx.push(Op::AddSet(set.clone()));
-            }
+        let fresh_shared: Vec<&Shared> = self
+            .shared
+            .keys()
+            .filter(|s| !self.shared_programmed.contains(*s))
+            .collect();
+        for set in fresh_shared.iter().filter_map(|s| s.set()) {
+            tx.push(Op::AddSet(set));
         }
         for (name, set) in &after.sets {
             if before.sets.get(name) != Some(set) {
                 tx.push(Op::AddSet((*set).clone()));
             }
         }
+        for s in &fresh_shared {
+            tx.push(Op::AddChain(Chain::regular(s.chain())));
+        }
         for name in after.chains.keys() {
             if !before.chains.contains_key(name) {
                 tx.push(Op::AddChain(Chain::regular(name.to_string())));
+            }
+        }
+        for s in fresh_shared {
+            let chain = s.chain();
+            for rule in s.rules(&self.config) {
+                tx.push(Op::AddRule {
+                    chain: chain.clone(),
+                    rule,
+                });
             }
         }
         for (name, rules) in &after.chains {
@@ -533,10 +583,7 @@ impl Proxy {
             }
         }
         for (set, elems) in additions {
-            tx.push(Op::AddElements {
-                set: set.to_string(),
-                elems,
-            });
+            tx.push(Op::AddElements { set, elems });
         }
         tx
     }
@@ -549,15 +596,6 @@ fn endpoints_of(p: &ServicePort) -> BTreeSet<(Ipv4Addr, u16)> {
         .chain(&p.local_endpoints)
         .map(|e| (e.ip, e.port))
         .collect()
-}
-
-/// The elements of a port whose keys may collide with another port's: all but those of
-/// the shared index maps (`endpoints-K`, `endpoint-chains-K`), keyed by the port's own
-/// index range.
-fn owned_elements(o: &PortObjects) -> impl Iterator<Item = &(String, Element)> {
-    o.elements
-        .iter()
-        .filter(|(map, _)| !o.shared_sets.iter().any(|s| s.name == *map))
 }
 
 /// [`Transaction::replace_table`] without copying the table (at 50k services a copy is
@@ -599,7 +637,7 @@ fn hairpin_element(ip: Ipv4Addr) -> Element {
 struct Objects<'a> {
     chains: BTreeMap<&'a str, &'a Vec<Rule>>,
     sets: BTreeMap<&'a str, &'a Set>,
-    elements: BTreeMap<(String, Vec<Value>), Option<podnet_nft::ElemData>>,
+    elements: BTreeMap<(&'a Map, &'a [Value]), &'a Option<podnet_nft::ElemData>>,
 }
 
 impl<'a> Objects<'a> {
@@ -611,8 +649,31 @@ impl<'a> Objects<'a> {
             self.sets.insert(s.name.as_str(), s);
         }
         for (map, e) in &o.elements {
-            self.elements
-                .insert((map.clone(), e.key.clone()), e.data.clone());
+            self.elements.insert((map, &e.key), &e.data);
+        }
+    }
+}
+
+/// The objects of many ports gathered into one table's worth (elements by map).
+#[derive(Default)]
+struct Assembly {
+    chains: Vec<(String, Vec<Rule>)>,
+    sets: Vec<Set>,
+    elements: BTreeMap<Map, Vec<Element>>,
+}
+
+impl Assembly {
+    fn add(&mut self, o: PortObjects) {
+        self.chains.extend(o.chains);
+        self.sets.extend(o.sets);
+        let mut elements = o.elements.into_iter().peekable();
+        while let Some((map, e)) = elements.next() {
+            let list = self.elements.entry(map.clone()).or_default();
+            list.push(e);
+            // A port's elements of one map come together: one lookup for the run.
+            while let Some((_, e)) = elements.next_if(|(m, _)| *m == map) {
+                list.push(e);
+            }
         }
     }
 }

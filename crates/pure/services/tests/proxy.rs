@@ -1,6 +1,7 @@
 //! Pure tests of the proxy's table: a golden rendering of a representative node, and the
 //! sync state machine (first sync is a full replace, a second sync with nothing changed is
-//! empty, an endpoint change is one element out and one in, a failure leads to a full
+//! empty, an endpoint change is one element out and one in per frontend, a new endpoint
+//! count moves the port's elements to that count's picker, a failure leads to a full
 //! replace, a conflicting address is reported and skipped).
 
 use podnet_nft::{Op, render_table};
@@ -127,29 +128,29 @@ fn second_sync_with_nothing_changed_is_empty() {
 }
 
 #[test]
-fn one_endpoint_change_is_one_element_out_and_one_in() {
+fn one_endpoint_change_is_one_element_out_and_one_in_per_frontend() {
     let mut proxy = Proxy::new(config());
     let mut ports = node_ports();
     proxy.sync(ports.clone());
+    // web: cluster IP, one external IP and a node port, 2 endpoints.
     ports[0].cluster_endpoints[1] = ep("10.244.2.6", 8080, false);
     let plan = proxy.sync(ports);
     let text = podnet_nft::render_transaction(&plan.transaction);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    let index = lines[0]
-        .strip_prefix("delete element ip podnet-services endpoints-0 { ")
-        .and_then(|r| r.strip_suffix(" }"))
-        .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(
-        lines[1],
-        format!("add element ip podnet-services endpoints-0 {{ {index} : 10.244.2.6 . 8080 }}")
+        text,
+        "delete element ip podnet-services endpoints-2 { 10.96.0.10 . tcp . 80 . 1, \
+         172.18.0.100 . tcp . 80 . 1 }\n\
+         delete element ip podnet-services nodeport-endpoints-2 { tcp . 30080 . 1 }\n\
+         add element ip podnet-services endpoints-2 { 10.96.0.10 . tcp . 80 . 1 : 10.244.2.6 . 8080, \
+         172.18.0.100 . tcp . 80 . 1 : 10.244.2.6 . 8080 }\n\
+         add element ip podnet-services nodeport-endpoints-2 { tcp . 30080 . 1 : 10.244.2.6 . 8080 }\n"
     );
     assert_eq!(plan.changed.len(), 1);
     assert_eq!(plan.changed[0].service, "web");
 }
 
 #[test]
-fn growing_past_the_range_moves_the_port_and_removing_cleans_up() {
+fn a_new_endpoint_count_moves_the_elements_and_removing_cleans_up() {
     let mut proxy = Proxy::new(config());
     let mut ports = node_ports();
     proxy.sync(ports.clone());
@@ -158,27 +159,36 @@ fn growing_past_the_range_moves_the_port_and_removing_cleans_up() {
         .collect();
     let plan = proxy.sync(ports.clone());
     let text = podnet_nft::render_transaction(&plan.transaction);
-    assert!(
-        text.contains("flush chain ip podnet-services svc-default/web/tcp/http"),
-        "{text}"
-    );
-    assert!(text.contains("numgen random mod 9 offset"), "{text}");
-    assert!(
-        text.contains("delete element ip podnet-services hairpin { 10.244.1.5 . 10.244.1.5 }"),
-        "{text}"
-    );
+    for want in [
+        // Out of the 2-endpoint picker (which shop still uses)…
+        "delete element ip podnet-services endpoints-2 { 10.96.0.10 . tcp . 80 . 0, 10.96.0.10 . tcp . 80 . 1, 172.18.0.100 . tcp . 80 . 0, 172.18.0.100 . tcp . 80 . 1 }",
+        "delete element ip podnet-services service-ips { 10.96.0.10 . tcp . 80, 172.18.0.100 . tcp . 80 }",
+        // …whose external entry nobody else uses…
+        "flush chain ip podnet-services ext-pick-2",
+        "delete chain ip podnet-services ext-pick-2",
+        // …into a new 9-endpoint picker.
+        "add map ip podnet-services endpoints-9 { typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }",
+        "add rule ip podnet-services pick-9 dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 9 map @endpoints-9",
+        "add element ip podnet-services service-ips { 10.96.0.10 . tcp . 80 : goto pick-9, 172.18.0.100 . tcp . 80 : goto ext-pick-9 }",
+        "delete element ip podnet-services hairpin { 10.244.1.5 . 10.244.1.5 }",
+    ] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
+    assert!(!text.contains("pick-2 {"), "pick-2 stays: {text}");
+    assert!(!text.contains("chain ip podnet-services pick-2"), "{text}");
     // Remove every port: the table is back to its fixed part.
     let plan = proxy.sync(vec![]);
     assert!(proxy.is_empty());
     let text = podnet_nft::render_transaction(&plan.transaction);
-    assert!(
-        text.contains("delete chain ip podnet-services svc-default/web/tcp/http"),
-        "{text}"
-    );
-    assert!(
-        text.contains("delete set ip podnet-services aff-default/sticky/tcp/10.244.2.8/80"),
-        "{text}"
-    );
+    for want in [
+        "delete chain ip podnet-services svc-default/sticky/tcp",
+        "delete set ip podnet-services aff-default/sticky/tcp/10.244.2.8/80",
+        "delete chain ip podnet-services pick-9",
+        "delete set ip podnet-services endpoints-9",
+        "delete set ip podnet-services picks-svc-default/sticky/tcp",
+    ] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
     let base = render_table(&Proxy::new(config()).table());
     assert_eq!(render_table(&proxy.table()), base);
 }
@@ -206,6 +216,13 @@ fn an_address_already_in_use_is_reported_and_skipped() {
         plan.problems[0]
             .to_string()
             .starts_with("Service other/thief:"),
+        "{}",
+        plan.problems[0]
+    );
+    assert!(
+        plan.problems[0]
+            .to_string()
+            .contains("in service-ips is already used by default/web/tcp/http"),
         "{}",
         plan.problems[0]
     );
