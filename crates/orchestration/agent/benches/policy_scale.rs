@@ -1,21 +1,26 @@
 //! Scale of the agent's NetworkPolicy path (issue 5; root: runs in a throwaway network
 //! namespace): a generated cluster (`policy/cluster.rs`: ~50 namespaces, LOCAL pods on the
 //! node under test plus REMOTE pods elsewhere, POLICIES policies of mixed shapes) as
-//! `k8s-openapi` objects goes through `PolicySyncer::sync` into a real nf_tables table over
-//! netlink: the first sync (and, separately, its parts: read + cluster, plan, render,
-//! transaction, kernel), then single-policy changes (one policy's port or peer) and pod
-//! label changes (each timed from `sync` called to transaction applied: the agent's whole
-//! path, read and plan included), and the process's memory.
+//! `k8s-openapi` objects goes into a real nf_tables table over netlink. First the parts of
+//! a full recompute (read + cluster, plan, render, transaction, kernel: the reference the
+//! incremental path must equal); then the agent's own path (`policy::run`): watch events
+//! into `Changes` (the first list as kube's watcher sends it: Init, InitApply × N,
+//! InitDone), `PolicySyncer::sync_changes`, the transaction applied; then single-policy
+//! changes (one policy's port or peer) and pod label changes, each timed from the watch
+//! event handed over to the transaction applied by the kernel; the table is checked
+//! against the full recompute at the end; and the process's memory. Not included: the API
+//! client's JSON decoding and the tokio hop of the run loop.
 //!
 //! `cargo bench -p podnet-agent --bench policy_scale [-- --policies N --local N --remote N
 //! --changes N]` (defaults 1000, 1000, 1000, 200).
 
 use std::time::{Duration, Instant};
 
-use podnet_agent::policy::PolicySyncer;
+use kube::runtime::watcher::Event;
+use podnet_agent::policy::{Changes, PolicySyncer};
 use podnet_netlink::netns;
 use podnet_nft::Transaction;
-use podnet_policy::{Cluster, plan_pods, read_policies, render};
+use podnet_policy::{Cluster, Planner, PodInput, PolicyInput, plan_pods, read_policies, render};
 
 #[path = "policy/cluster.rs"]
 mod cluster;
@@ -70,7 +75,8 @@ fn summary(times: &mut [Duration]) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut policies_n, mut local, mut remote, mut changes) = (1000u32, 1000u32, 1000u32, 200u32);
+    let (mut policies_n, mut local, mut remote, mut changes_n) =
+        (1000u32, 1000u32, 1000u32, 200u32);
     let mut dump: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -79,7 +85,7 @@ fn main() {
             "--policies" => policies_n = val(),
             "--local" => local = val(),
             "--remote" => remote = val(),
-            "--changes" => changes = val(),
+            "--changes" => changes_n = val(),
             // Writes the plans (first, after the changes) as Debug text: FILE.first, FILE.last.
             "--dump" => dump = it.next().cloned(),
             _ => {} // cargo bench passes --bench
@@ -151,24 +157,44 @@ fn main() {
     }
     drop((plan, table, tx, c, read, nft));
 
-    // The agent's syncer, from an empty namespace.
+    // The agent's path, from an empty namespace: the first lists as events, then the
+    // first sync (a full replace).
     let (_ns, fd) = ns("sync");
     let kernel = podnet_netlink::nftables::Nftables::open_in(&fd).expect("nf_tables socket");
     let mut syncer = PolicySyncer::new("node-0".into(), kernel);
+    let mut changes = Changes::new();
     let t = Instant::now();
-    let first = syncer
-        .sync(&policies, &pods, &namespaces)
-        .expect("first sync");
+    changes.namespace_event(Event::Init);
+    changes.pod_event(Event::Init);
+    changes.policy_event(Event::Init);
+    for n in &namespaces {
+        changes.namespace_event(Event::InitApply(n.clone()));
+    }
+    for p in &pods {
+        changes.pod_event(Event::InitApply(p.clone()));
+    }
+    for np in &policies {
+        changes.policy_event(Event::InitApply(np.clone()));
+    }
+    changes.namespace_event(Event::InitDone);
+    changes.pod_event(Event::InitDone);
+    changes.policy_event(Event::InitDone);
+    assert!(changes.ready());
+    let t_events = t.elapsed();
+    let t = Instant::now();
+    let first = syncer.sync_changes(changes.take()).expect("first sync");
     let first_t = t.elapsed();
     let (rss_loaded, hwm_loaded) = memory();
     println!(
-        "first sync (PolicySyncer::sync, empty kernel table): {} ({} ops, isolated {:?})",
+        "first sync (events read {} + PolicySyncer::sync_changes {}, empty kernel table): {} ({} ops, isolated {:?})",
+        ms(t_events),
         ms(first_t),
+        ms(t_events + first_t),
         first.ops,
         first.isolated
     );
     let t = Instant::now();
-    let again = syncer.sync(&policies, &pods, &namespaces).expect("resync");
+    let again = syncer.sync_changes(changes.take()).expect("resync");
     println!(
         "resync with nothing changed: {} ({} ops)",
         ms(t.elapsed()),
@@ -186,46 +212,67 @@ fn main() {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         ((z ^ (z >> 31)) % u64::from(n)) as u32
     };
+    // A planner without a kernel, fed the same events: the pure share of each change.
+    let mut shadow = Planner::new("node-0");
+    shadow.replace_all(&policies, &pods, &namespaces);
+    shadow.sync();
+    let mut pure = Vec::new();
     let mut times = Vec::new();
     let (mut ops, mut empty) = (0usize, 0u32);
-    for c in 0..changes {
+    for c in 0..changes_n {
         let j = rnd(policies_n);
-        policies[j as usize] = cluster::policy(j, 1 + c % 7);
+        let changed = cluster::policy(j, 1 + c % 7);
+        policies[j as usize] = changed.clone();
         let t = Instant::now();
-        let r = syncer.sync(&policies, &pods, &namespaces).expect("sync");
+        changes.policy_event(Event::Apply(changed));
+        let r = syncer.sync_changes(changes.take()).expect("sync");
         times.push(t.elapsed());
+        let t = Instant::now();
+        shadow.set_policy(PolicyInput::new(&policies[j as usize]));
+        shadow.sync();
+        pure.push(t.elapsed());
         ops += r.ops;
         empty += u32::from(r.ops == 0);
     }
     println!(
-        "{changes} single-policy changes: {} ({:.1} ops each; {empty} changed nothing on this node)",
+        "{changes_n} single-policy changes (event → kernel): {} ({:.1} ops each; {empty} changed nothing on this node); the planner alone (no kernel): {}",
         summary(&mut times),
-        ops as f64 / f64::from(changes.max(1))
+        ops as f64 / f64::from(changes_n.max(1)),
+        summary(&mut pure)
     );
     // Pod label changes: one pod's `app` label (local or remote).
+    let mut pure = Vec::new();
     let mut times = Vec::new();
     let (mut ops, mut empty) = (0usize, 0u32);
     let total = local + remote;
-    for c in 0..changes {
+    for c in 0..changes_n {
         let i = 2 + rnd(total - 2);
-        pods[i as usize] = cluster::pod(i, local, 1 + c % 7);
+        let changed = cluster::pod(i, local, 1 + c % 7);
+        pods[i as usize] = changed.clone();
         let t = Instant::now();
-        let r = syncer.sync(&policies, &pods, &namespaces).expect("sync");
+        changes.pod_event(Event::Apply(changed));
+        let r = syncer.sync_changes(changes.take()).expect("sync");
         times.push(t.elapsed());
+        let t = Instant::now();
+        shadow.set_pod(PodInput::new(&pods[i as usize]));
+        shadow.sync();
+        pure.push(t.elapsed());
         ops += r.ops;
         empty += u32::from(r.ops == 0);
     }
     println!(
-        "{changes} pod label changes: {} ({:.1} ops each; {empty} changed nothing on this node)",
+        "{changes_n} pod label changes (event → kernel): {} ({:.1} ops each; {empty} changed nothing on this node); the planner alone (no kernel): {}",
         summary(&mut times),
-        ops as f64 / f64::from(changes.max(1))
+        ops as f64 / f64::from(changes_n.max(1)),
+        summary(&mut pure)
     );
 
     // Where a change's time goes, without the kernel (the last state, one more change, to
-    // a variant no earlier change used).
+    // a variant no earlier change used): the full recompute the agent did before, and the
+    // incremental planner.
     let j = rnd(policies_n);
     policies[j as usize] = cluster::policy(j, 8);
-    let old = syncer.table().expect("programmed").clone();
+    let old = syncer.table();
     let t = Instant::now();
     let (read, _) = read_policies(&policies);
     let c = Cluster::new(&pods, &namespaces);
@@ -243,12 +290,58 @@ fn main() {
     let tx = podnet_nft::diff_tables(&old, &table);
     let t_diff = t.elapsed();
     println!(
-        "one change, parts (no kernel): read + cluster {} | plan {} | render {} | diff {} ({} ops)",
+        "one policy change, full recompute (no kernel): read + cluster {} | plan {} | render {} | diff {} | sum {} ({} ops)",
         ms(t_read),
         ms(t_plan),
         ms(t_render),
         ms(t_diff),
+        ms(t_read + t_plan + t_render + t_diff),
         tx.len()
+    );
+    let mut planner = Planner::new("node-0");
+    let mut before = policies.clone();
+    before[j as usize] = cluster::policy(j, 0);
+    planner.replace_all(&before, &pods, &namespaces);
+    planner.sync();
+    let t = Instant::now();
+    let input = PolicyInput::new(&policies[j as usize]);
+    let t_input = t.elapsed();
+    let t = Instant::now();
+    planner.set_policy(input);
+    let t_event = t.elapsed();
+    let t = Instant::now();
+    let inc = planner.sync();
+    let t_sync = t.elapsed();
+    println!(
+        "the same change, incremental (no kernel): read {} | Planner::set_policy (mark pods) {} | Planner::sync (plan, classes, transaction) {} | sum {} ({} ops)",
+        ms(t_input),
+        ms(t_event),
+        ms(t_sync),
+        ms(t_input + t_event + t_sync),
+        inc.transaction.len()
+    );
+    let i = 2 + rnd(total - 2);
+    let changed = cluster::pod(i, local, 8);
+    let t = Instant::now();
+    let input = PodInput::new(&changed);
+    planner.set_pod(input);
+    let t_event = t.elapsed();
+    let t = Instant::now();
+    let inc = planner.sync();
+    let t_sync = t.elapsed();
+    println!(
+        "one pod label change, incremental (no kernel): read + Planner::set_pod (mark pods) {} | Planner::sync {} ({} ops)",
+        ms(t_event),
+        ms(t_sync),
+        inc.transaction.len()
+    );
+    // The syncer's table is the full recompute's (the kernel accepted every transaction
+    // that led there).
+    changes.policy_event(Event::Apply(policies[j as usize].clone()));
+    syncer.sync_changes(changes.take()).expect("sync");
+    assert!(
+        syncer.table() == table,
+        "the incremental table equals the full recompute"
     );
     let (rss_end, hwm_end) = memory();
     println!(

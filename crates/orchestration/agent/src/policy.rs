@@ -1,28 +1,38 @@
 //! Orchestration: NetworkPolicy enforcement — watch NetworkPolicies, Pods and Namespaces →
-//! plan this node's isolated pods (pure, `podnet-policy`) → render the `ip podnet-policy`
-//! table → send the difference against what the kernel holds (`podnet_nft::diff_tables`).
+//! [`Changes`] → plan the local pods the changes can reach (pure, `podnet-policy`'s
+//! `Planner`) → one nf_tables transaction of what changed ([`PolicyOps`]). A sync's cost
+//! follows the change, not the cluster (one policy or pod label change with 1000 policies
+//! and 1000 local pods: a few milliseconds end to end, kernel included;
+//! `benches/policy_scale.rs`).
 //!
 //! Invariants: the table is podnet's alone and changes only by whole transactions; the
-//! first sync after a start waits for all three caches and then replaces the table
-//! atomically, so the previous run's rules stay in force until that instant — an isolated
-//! pod stays isolated while the agent restarts (fail closed); a refused transaction leaves
-//! the previous rules, is logged and counted, and the next attempt replaces the whole
-//! table; a policy that cannot be read is reported and still isolates its pods.
+//! first sync after a start waits for complete lists of all three kinds (an empty cache
+//! would open every pod) and then replaces the table atomically, so the previous run's
+//! rules stay in force until that instant — an isolated pod stays isolated while the agent
+//! restarts (fail closed); a refused transaction leaves the previous rules, is logged and
+//! counted, and the next attempt (after [`crate::RETRY`]) replaces the whole table; a
+//! policy that cannot be read is reported and still isolates its pods.
+//!
+//! As for Services: no reflector store, no copy of the objects; each watch event is read at
+//! once into what planning needs (`PolicyInput`, `PodInput`, `NamespaceInput`) and the
+//! object dropped; no debounce (events arriving during a sync go into the next one).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::runtime::reflector;
-use podnet_nft::{Table, Transaction, diff_tables};
-use podnet_policy::{Cluster, Problem, plan_pods, read_policies, render};
+use kube::runtime::{WatchStreamExt, watcher};
+use podnet_nft::{Table, Transaction};
+use podnet_policy::{NamespaceInput, Planner, PodInput, PolicyInput, Problem};
 use tokio::sync::Notify;
 
+use crate::RETRY;
 use crate::metrics::Metrics;
-use crate::{DEBOUNCE, RETRY};
 
 /// The kernel side: one atomic transaction.
 pub trait PolicyOps: Send {
@@ -45,57 +55,58 @@ pub struct PolicyReport {
     pub problems: Vec<Problem>,
 }
 
-/// The policy table as last accepted by the kernel, and the kernel handle.
+/// The plan as last sent to the kernel, and the kernel handle: one sync at a time.
 pub struct PolicySyncer<T> {
-    node_name: String,
-    programmed: Option<Table>,
+    planner: Planner,
     kernel: T,
 }
 
 impl<T: PolicyOps> PolicySyncer<T> {
     pub fn new(node_name: String, kernel: T) -> Self {
         PolicySyncer {
-            node_name,
-            programmed: None,
+            planner: Planner::new(node_name),
             kernel,
         }
     }
 
-    /// Plans this node's pods and sends the difference to the kernel.
+    /// Takes a whole snapshot (what is not in it is deleted) and sends the difference to
+    /// the kernel; only the local pods whose inputs changed are planned again.
     pub fn sync(
         &mut self,
         policies: &[NetworkPolicy],
         pods: &[Pod],
         namespaces: &[Namespace],
     ) -> Result<PolicyReport> {
-        let (policies, problems) = read_policies(policies);
-        let cluster = Cluster::new(pods, namespaces);
-        let plan = plan_pods(&policies, &cluster, Some(&self.node_name));
-        let table = render(&plan);
-        let tx = match &self.programmed {
-            None => Transaction::replace_table(&table),
-            Some(old) => diff_tables(old, &table),
-        };
-        if !tx.is_empty()
-            && let Err(e) = self.kernel.apply(&tx)
+        self.planner.replace_all(policies, pods, namespaces);
+        self.sync_planned()
+    }
+
+    /// Takes the changes watched since the last sync and sends the difference to the
+    /// kernel: the agent's path, whose cost follows the size of the change.
+    pub fn sync_changes(&mut self, changes: Changes) -> Result<PolicyReport> {
+        changes.apply_to(&mut self.planner);
+        self.sync_planned()
+    }
+
+    fn sync_planned(&mut self) -> Result<PolicyReport> {
+        let plan = self.planner.sync();
+        let ops = plan.transaction.len();
+        if ops > 0
+            && let Err(e) = self.kernel.apply(&plan.transaction)
         {
-            self.programmed = None;
+            self.planner.failed();
             return Err(e.context("policy transaction refused; the previous rules stay"));
         }
-        self.programmed = Some(table);
         Ok(PolicyReport {
-            isolated: (
-                plan.iter().filter(|p| p.ingress.is_some()).count(),
-                plan.iter().filter(|p| p.egress.is_some()).count(),
-            ),
-            ops: tx.len(),
-            problems,
+            isolated: plan.isolated,
+            ops,
+            problems: self.planner.problems(),
         })
     }
 
-    /// The table as programmed (dumps and tests).
-    pub fn table(&self) -> Option<&Table> {
-        self.programmed.as_ref()
+    /// The table as planned (the kernel's after a successful sync; dumps and tests).
+    pub fn table(&self) -> Table {
+        self.planner.table()
     }
 
     pub fn kernel_mut(&mut self) -> &mut T {
@@ -103,7 +114,169 @@ impl<T: PolicyOps> PolicySyncer<T> {
     }
 }
 
-/// A shared syncer: the sync loop and the `/policy` dump use it.
+/// The watch events of NetworkPolicies, Pods and Namespaces gathered between two syncs:
+/// per object only its latest state, already read into what planning needs.
+#[derive(Debug, Default)]
+pub struct Changes {
+    policies: Pending<PolicyInput>,
+    pods: Pending<PodInput>,
+    namespaces: Pending<NamespaceInput>,
+}
+
+/// A `Planner::retain_*` method: deletes the objects not kept.
+type Retain = fn(&mut Planner, &dyn Fn(&str) -> bool);
+
+/// One kind's share of [`Changes`].
+#[derive(Debug)]
+struct Pending<I> {
+    /// Object (`ns/name`, a namespace's name) → its latest state (`None`: deleted).
+    latest: HashMap<String, Option<I>>,
+    /// A (re-)list in progress: the objects listed so far.
+    listing: Option<HashSet<String>>,
+    /// A complete list not yet applied: every object not in it is gone (deleted while
+    /// the watch was down). Objects applied after it are added to it.
+    listed: Option<HashSet<String>>,
+    /// Whether a first complete list was seen.
+    ready: bool,
+}
+
+impl<I> Default for Pending<I> {
+    fn default() -> Self {
+        Pending {
+            latest: HashMap::new(),
+            listing: None,
+            listed: None,
+            ready: false,
+        }
+    }
+}
+
+impl<I> Pending<I> {
+    fn event<K>(&mut self, event: watcher::Event<K>, read: impl Fn(&K) -> (String, I)) {
+        match event {
+            watcher::Event::Init => self.listing = Some(HashSet::new()),
+            watcher::Event::InitApply(k) | watcher::Event::Apply(k) => {
+                let (name, input) = read(&k);
+                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
+                    set.insert(name.clone());
+                }
+                self.latest.insert(name, Some(input));
+            }
+            watcher::Event::Delete(k) => {
+                let (name, _) = read(&k);
+                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
+                    set.remove(&name);
+                }
+                self.latest.insert(name, None);
+            }
+            watcher::Event::InitDone => {
+                self.listed = self.listing.take();
+                self.ready = true;
+            }
+        }
+    }
+
+    /// The changes to apply, leaving a list in progress and `ready` here.
+    fn take(&mut self) -> Pending<I> {
+        Pending {
+            latest: std::mem::take(&mut self.latest),
+            listing: None,
+            listed: self.listed.take(),
+            ready: self.ready,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.latest.is_empty() && self.listed.is_none()
+    }
+
+    /// Tells the planner each object's latest state, then the deletions a complete list
+    /// implies.
+    fn apply_to(
+        self,
+        planner: &mut Planner,
+        set: fn(&mut Planner, I),
+        delete: fn(&mut Planner, &str),
+        retain: Retain,
+    ) {
+        for (name, input) in self.latest {
+            match input {
+                Some(i) => set(planner, i),
+                None => delete(planner, &name),
+            }
+        }
+        if let Some(listed) = self.listed {
+            retain(planner, &|n| listed.contains(n));
+        }
+    }
+}
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes::default()
+    }
+
+    pub fn policy_event(&mut self, event: watcher::Event<NetworkPolicy>) {
+        self.policies.event(event, |np| {
+            let input = PolicyInput::new(np);
+            (input.key().to_string(), input)
+        });
+    }
+
+    pub fn pod_event(&mut self, event: watcher::Event<Pod>) {
+        self.pods.event(event, |p| {
+            let input = PodInput::new(p);
+            (input.key().to_string(), input)
+        });
+    }
+
+    pub fn namespace_event(&mut self, event: watcher::Event<Namespace>) {
+        self.namespaces.event(event, |n| {
+            let input = NamespaceInput::new(n);
+            (input.name().to_string(), input)
+        });
+    }
+
+    /// Whether all three kinds were listed completely once (before that, a sync would
+    /// program from a partial view: a missing policy opens its pods).
+    pub fn ready(&self) -> bool {
+        self.policies.ready && self.pods.ready && self.namespaces.ready
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty() && self.pods.is_empty() && self.namespaces.is_empty()
+    }
+
+    /// The changes gathered so far; `self` goes on gathering.
+    pub fn take(&mut self) -> Changes {
+        Changes {
+            policies: self.policies.take(),
+            pods: self.pods.take(),
+            namespaces: self.namespaces.take(),
+        }
+    }
+
+    fn apply_to(self, planner: &mut Planner) {
+        self.namespaces.apply_to(
+            planner,
+            Planner::set_namespace,
+            Planner::delete_namespace,
+            |p, keep| p.retain_namespaces(keep),
+        );
+        self.pods
+            .apply_to(planner, Planner::set_pod, Planner::delete_pod, |p, keep| {
+                p.retain_pods(keep)
+            });
+        self.policies.apply_to(
+            planner,
+            Planner::set_policy,
+            Planner::delete_policy,
+            |p, keep| p.retain_policies(keep),
+        );
+    }
+}
+
+/// A shared syncer: the sync loop and dumps use it.
 pub type Shared<T> = Arc<Mutex<PolicySyncer<T>>>;
 
 /// Watches NetworkPolicies, Pods and Namespaces and keeps the table in step, until dropped.
@@ -114,39 +287,42 @@ pub async fn run<T: PolicyOps + 'static>(
     resync: std::time::Duration,
 ) -> Result<()> {
     let notify = Arc::new(Notify::new());
-    let (np_reader, np_writer) = reflector::store::<NetworkPolicy>();
-    let (pod_reader, pod_writer) = reflector::store::<Pod>();
-    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
-    let watch_np = crate::reflect(
+    // The watches read each event into `changes` as it comes (no object is kept); each
+    // sync takes what gathered since the previous one.
+    let changes = Arc::new(Mutex::new(Changes::new()));
+    let watch_np = watch(
         Api::<NetworkPolicy>::all(client.clone()),
-        np_writer,
+        changes.clone(),
         notify.clone(),
+        Changes::policy_event,
     );
-    let watch_pods = crate::reflect(Api::<Pod>::all(client.clone()), pod_writer, notify.clone());
-    let watch_ns = crate::reflect(Api::<Namespace>::all(client), ns_writer, notify.clone());
+    let watch_pods = watch(
+        Api::<Pod>::all(client.clone()),
+        changes.clone(),
+        notify.clone(),
+        Changes::pod_event,
+    );
+    let watch_ns = watch(
+        Api::<Namespace>::all(client),
+        changes.clone(),
+        notify.clone(),
+        Changes::namespace_event,
+    );
     let sync_loop = async move {
         // Never program from a partial view: an empty cache would open every pod.
-        np_reader.wait_until_ready().await.context("policy watch")?;
-        pod_reader.wait_until_ready().await.context("pod watch")?;
-        ns_reader
-            .wait_until_ready()
-            .await
-            .context("namespace watch")?;
+        while !lock(&changes).ready() {
+            notify.notified().await;
+        }
         let mut last_problems: Vec<Problem> = Vec::new();
         loop {
-            let policies = clone_all(np_reader.state());
-            let pods = clone_all(pod_reader.state());
-            let namespaces = clone_all(ns_reader.state());
+            // Only what changed; an empty batch still syncs (a periodic resync is then a
+            // no-op, a retry after a refused transaction a full replace).
+            let batch = lock(&changes).take();
             let started = Instant::now();
             let syncer = syncer.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                syncer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .sync(&policies, &pods, &namespaces)
-            })
-            .await
-            .context("policy sync panicked")?;
+            let result = tokio::task::spawn_blocking(move || lock(&syncer).sync_changes(batch))
+                .await
+                .context("policy sync panicked")?;
             let ok = result.is_ok();
             metrics.record_policy_sync(ok, started.elapsed().as_secs_f64());
             match result {
@@ -174,7 +350,9 @@ pub async fn run<T: PolicyOps + 'static>(
             }
             let wait = if ok { resync } else { resync.min(RETRY) };
             tokio::select! {
-                _ = notify.notified() => tokio::time::sleep(DEBOUNCE).await,
+                // No debounce: a sync costs milliseconds, and events arriving during one
+                // are gathered into the next.
+                _ = notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -187,6 +365,38 @@ pub async fn run<T: PolicyOps + 'static>(
     }
 }
 
-fn clone_all<K: Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
-    objects.iter().map(|o| (**o).clone()).collect()
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Feeds one kind's watch events into `changes` (`read` is the kind's [`Changes`] method)
+/// and wakes the sync loop, except in the middle of a list.
+async fn watch<K>(
+    api: Api<K>,
+    changes: Arc<Mutex<Changes>>,
+    notify: Arc<Notify>,
+    read: fn(&mut Changes, watcher::Event<K>),
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                let wake = !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_));
+                read(&mut lock(&changes), ev);
+                if wake {
+                    notify.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
+        }
+    }
 }

@@ -50,7 +50,7 @@ pub fn explain(
     proto: u8,
     port: u16,
 ) -> Explanation {
-    let index = Index::new(cluster);
+    let index = Index::new(cluster.pods.iter(), &cluster.namespaces);
     let pod_at = |ip: Ipv4Addr| cluster.pods.iter().find(|p| p.ip == ip);
     let finding = |pod: Option<&PodView>, peer: Ipv4Addr, ingress: bool| {
         let Some(pod) = pod else {

@@ -132,21 +132,27 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// A Namespace's name and the labels selectors see (its own, plus
+/// `kubernetes.io/metadata.name` if the object lacks it); `None` without a name.
+pub fn namespace_labels(n: &Namespace) -> Option<(String, BTreeMap<String, String>)> {
+    let name = n.metadata.name.clone()?;
+    let mut labels = n.metadata.labels.clone().unwrap_or_default();
+    // The API server sets it; a namespace object written before it did still
+    // answers to it (NamespaceDefaultLabelName, GA in 1.22).
+    labels
+        .entry("kubernetes.io/metadata.name".into())
+        .or_insert_with(|| name.clone());
+    Some((name, labels))
+}
+
+/// The labels of a namespace with pods but no Namespace object: its name only.
+pub(crate) fn implied_labels(ns: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())])
+}
+
 impl Cluster {
     pub fn new(pods: &[Pod], namespaces: &[Namespace]) -> Cluster {
-        let namespaces = namespaces
-            .iter()
-            .filter_map(|n| {
-                let name = n.metadata.name.clone()?;
-                let mut labels = n.metadata.labels.clone().unwrap_or_default();
-                // The API server sets it; a namespace object written before it did still
-                // answers to it (NamespaceDefaultLabelName, GA in 1.22).
-                labels
-                    .entry("kubernetes.io/metadata.name".into())
-                    .or_insert_with(|| name.clone());
-                Some((name, labels))
-            })
-            .collect();
+        let namespaces = namespaces.iter().filter_map(namespace_labels).collect();
         Cluster {
             pods: pods.iter().filter_map(PodView::from_pod).collect(),
             namespaces,
@@ -461,6 +467,11 @@ pub type Allowed = Vec<Segment>;
 pub struct Direction {
     /// `ns/name` of the policies (sorted).
     pub policies: Vec<String>,
+    /// What `allowed` is computed from, hashed (stable across processes): the direction,
+    /// the policies, and for ingress under a named port the pod's declared ports. Equal
+    /// classes have equal allowances; the table has one class chain per class, so a change
+    /// of what a class allows changes that chain's sets in place, never its name.
+    pub class: u64,
     pub allowed: Allowed,
 }
 
@@ -492,19 +503,66 @@ pub fn read_policies(policies: &[NetworkPolicy]) -> (Vec<Policy>, Vec<Problem>) 
 /// (a namespace selector is evaluated per namespace, not per pod) and shared by every pod
 /// the rule applies to; pods that get the same policies (and, for ingress, declare the
 /// same container ports) share one computed [`Direction`].
-pub fn plan_pods<'c>(
-    policies: &[Policy],
-    cluster: &'c Cluster,
-    node: Option<&str>,
-) -> Vec<PodPolicy> {
-    let index = Index::new(cluster);
-    let mut by_ns: HashMap<&str, Vec<&Policy>> = HashMap::new();
-    for p in policies {
-        by_ns.entry(p.namespace.as_str()).or_default().push(p);
+pub fn plan_pods(policies: &[Policy], cluster: &Cluster, node: Option<&str>) -> Vec<PodPolicy> {
+    let mut directions = Directions::new(
+        policies,
+        Index::new(cluster.pods.iter(), &cluster.namespaces),
+    );
+    let mut out: Vec<PodPolicy> = cluster
+        .pods
+        .iter()
+        .filter(|p| node.is_none() || p.node.as_deref() == node)
+        .filter_map(|pod| directions.pod_policy(pod))
+        .collect();
+    out.sort_by_key(|p| p.ip);
+    out
+}
+
+/// Computes pods' [`PodPolicy`] against one state of the policies and the cluster; pods
+/// with the same inputs share one computation (the planning step of [`plan_pods`] and of
+/// the incremental [`crate::Planner`]).
+pub(crate) struct Directions<'c> {
+    by_ns: HashMap<&'c str, Vec<&'c Policy>>,
+    index: Index<'c>,
+    done: HashMap<DirectionKey<'c>, Option<Direction>>,
+}
+
+impl<'c> Directions<'c> {
+    pub(crate) fn new(
+        policies: impl IntoIterator<Item = &'c Policy>,
+        index: Index<'c>,
+    ) -> Directions<'c> {
+        let mut by_ns: HashMap<&str, Vec<&Policy>> = HashMap::new();
+        for p in policies {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        Directions {
+            by_ns,
+            index,
+            done: HashMap::new(),
+        }
     }
-    let mut done: HashMap<DirectionKey, Option<Direction>> = HashMap::new();
-    let mut direction = |pod: &'c PodView, ingress: bool| -> Option<Direction> {
-        let selecting: Vec<&Policy> = by_ns
+
+    /// What isolates `pod` and what it admits (`None`: isolated in no direction).
+    pub(crate) fn pod_policy(&mut self, pod: &'c PodView) -> Option<PodPolicy> {
+        let ingress = self.direction(pod, true);
+        let egress = self.direction(pod, false);
+        (ingress.is_some() || egress.is_some()).then(|| PodPolicy {
+            pod: pod.key(),
+            ip: pod.ip,
+            ingress,
+            egress,
+        })
+    }
+
+    /// The index the directions are computed against.
+    pub(crate) fn index(&self) -> &Index<'c> {
+        &self.index
+    }
+
+    /// The policies selecting `pod` that have rules of this direction.
+    pub(crate) fn selecting(&self, pod: &PodView, ingress: bool) -> Vec<&'c Policy> {
+        self.by_ns
             .get(pod.namespace.as_str())
             .into_iter()
             .flatten()
@@ -517,7 +575,11 @@ pub fn plan_pods<'c>(
                     p.egress.is_some()
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    fn direction(&mut self, pod: &'c PodView, ingress: bool) -> Option<Direction> {
+        let selecting = self.selecting(pod, ingress);
         if selecting.is_empty() {
             return None;
         }
@@ -531,27 +593,12 @@ pub fn plan_pods<'c>(
                 .collect(),
             ports: if ingress { &pod.ports } else { &[] },
         };
-        done.entry(key)
-            .or_insert_with(|| Some(compute_direction(&selecting, &index, pod, ingress)))
+        let index = &self.index;
+        self.done
+            .entry(key)
+            .or_insert_with(|| Some(compute_direction(&selecting, index, pod, ingress)))
             .clone()
-    };
-    let mut out: Vec<PodPolicy> = cluster
-        .pods
-        .iter()
-        .filter(|p| node.is_none() || p.node.as_deref() == node)
-        .filter_map(|pod| {
-            let ingress = direction(pod, true);
-            let egress = direction(pod, false);
-            (ingress.is_some() || egress.is_some()).then(|| PodPolicy {
-                pod: pod.key(),
-                ip: pod.ip,
-                ingress,
-                egress,
-            })
-        })
-        .collect();
-    out.sort_by_key(|p| p.ip);
-    out
+    }
 }
 
 /// Identifies a computed direction: policies by address (they outlive the plan).
@@ -562,7 +609,7 @@ struct DirectionKey<'c> {
     ports: &'c [(String, u8, u16)],
 }
 
-fn compute_direction(
+pub(crate) fn compute_direction(
     selecting: &[&Policy],
     index: &Index<'_>,
     pod: &PodView,
@@ -571,12 +618,7 @@ fn compute_direction(
     let mut table = PortTable::default();
     let mut runs: Vec<(u32, u32, u32)> = Vec::new();
     for policy in selecting {
-        let rules = if ingress {
-            &policy.ingress
-        } else {
-            &policy.egress
-        };
-        for rule in rules.iter().flatten() {
+        for rule in rules_of(policy, ingress) {
             rule_runs_into(
                 policy,
                 rule,
@@ -587,13 +629,182 @@ fn compute_direction(
             );
         }
     }
-    let mut names: Vec<String> = selecting.iter().map(|p| p.key()).collect();
-    names.sort();
-    names.dedup();
+    let key = class_of(selecting, pod, ingress);
     Direction {
-        policies: names,
+        policies: key.policies,
+        class: key.hash,
         allowed: merge_interned(runs, &mut table),
     }
+}
+
+/// A policy's rules of one direction.
+fn rules_of(policy: &Policy, ingress: bool) -> impl Iterator<Item = &Rule> {
+    if ingress {
+        &policy.ingress
+    } else {
+        &policy.egress
+    }
+    .iter()
+    .flatten()
+}
+
+/// The inputs of a direction besides the cluster: its policies (sorted names) and, for
+/// ingress under a named port, the selected pod's declared ports; `hash` is
+/// [`Direction::class`].
+pub(crate) struct ClassKey {
+    pub(crate) policies: Vec<String>,
+    pub(crate) ports: Vec<(String, u8, u16)>,
+    pub(crate) hash: u64,
+}
+
+/// The [`ClassKey`] of the direction `selecting` make for `pod`.
+pub(crate) fn class_of(selecting: &[&Policy], pod: &PodView, ingress: bool) -> ClassKey {
+    let mut policies: Vec<String> = selecting.iter().map(|p| p.key()).collect();
+    policies.sort();
+    policies.dedup();
+    // Named ports of ingress rules resolve against the selected pod; nothing else does.
+    let named = ingress
+        && selecting.iter().any(|p| {
+            rules_of(p, true)
+                .flat_map(|r| r.ports.iter().flatten())
+                .any(|m| matches!(m, PortMatch::Named { .. }))
+        });
+    let ports = if named { pod.ports.clone() } else { Vec::new() };
+    // The direction is in the class name's prefix (`in-`/`out-`).
+    let hash = crate::render::stable_hash(&(&policies, &ports));
+    ClassKey {
+        policies,
+        ports,
+        hash,
+    }
+}
+
+/// What `selecting` admit (as in [`compute_direction`]) at the one address `addr`: the
+/// union of the ports of every rule covering it (`None`: nothing). The point update of an
+/// allowance when a pod with that address appears, leaves or changes.
+pub(crate) fn ports_at(
+    selecting: &[&Policy],
+    index: &Index<'_>,
+    pod: &PodView,
+    ingress: bool,
+    addr: u32,
+) -> Option<PortSet> {
+    let mut acc: Option<PortSet> = None;
+    let mut add = |p: PortSet| {
+        if !p.is_empty() {
+            acc = Some(match acc.take() {
+                None => p,
+                Some(q) => q.union(&p),
+            });
+        }
+    };
+    let at: Vec<&PodView> = index.pods_in(addr, addr).collect();
+    for policy in selecting {
+        for rule in rules_of(policy, ingress) {
+            let ports = RulePorts::new(rule);
+            let ingress_ports = if ingress {
+                ports.for_pod(Some(pod))
+            } else {
+                PortSet::All
+            };
+            // Egress named ports resolve against each destination pod inside the peer.
+            let per_destination = !ingress && !ports.named.is_empty();
+            let block = |add: &mut dyn FnMut(PortSet)| {
+                if ingress {
+                    add(ingress_ports.clone());
+                } else {
+                    add(ports.for_pod(None));
+                    if per_destination {
+                        for d in &at {
+                            add(ports.for_pod(Some(d)));
+                        }
+                    }
+                }
+            };
+            match &rule.peers {
+                None => block(&mut add),
+                Some(peers) => {
+                    for peer in peers {
+                        match peer {
+                            Peer::Pods { namespaces, pods } => {
+                                for q in &at {
+                                    if index.peer_matches(
+                                        &policy.namespace,
+                                        namespaces.as_ref(),
+                                        pods,
+                                        q,
+                                    ) {
+                                        add(if ingress {
+                                            ingress_ports.clone()
+                                        } else {
+                                            ports.for_pod(Some(q))
+                                        });
+                                    }
+                                }
+                            }
+                            Peer::Block { cidr, except } => {
+                                let a = Ipv4Addr::from(addr);
+                                if cidr.contains(&a) && !except.iter().any(|e| e.contains(&a)) {
+                                    block(&mut add);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Sets what `allowed` admits at `addr` to `ports` (`None`: nothing), keeping it
+/// canonical: sorted, disjoint, neighbours with equal ports joined — what [`merge`]
+/// makes of the same address → ports function.
+pub(crate) fn set_point(allowed: &mut Allowed, addr: u32, ports: Option<PortSet>) {
+    let i = allowed.partition_point(|s| s.last < addr);
+    // The segment holding `addr` (if any) and its neighbours: nothing further can join.
+    let (lo, hi) = (i.saturating_sub(1), (i + 2).min(allowed.len()));
+    let mut pieces: Vec<Segment> = Vec::with_capacity(5);
+    for s in &allowed[lo..hi] {
+        if s.first <= addr && addr <= s.last {
+            if s.first < addr {
+                pieces.push(Segment {
+                    first: s.first,
+                    last: addr - 1,
+                    ports: s.ports.clone(),
+                });
+            }
+            if s.last > addr {
+                pieces.push(Segment {
+                    first: addr + 1,
+                    last: s.last,
+                    ports: s.ports.clone(),
+                });
+            }
+        } else {
+            pieces.push(s.clone());
+        }
+    }
+    if let Some(p) = ports.filter(|p| !p.is_empty()) {
+        pieces.push(Segment {
+            first: addr,
+            last: addr,
+            ports: p,
+        });
+    }
+    pieces.sort_by_key(|s| s.first);
+    let mut joined: Vec<Segment> = Vec::with_capacity(pieces.len());
+    for s in pieces {
+        match joined.last_mut() {
+            Some(prev)
+                if u64::from(prev.last) + 1 == u64::from(s.first) && prev.ports == s.ports =>
+            {
+                prev.last = s.last;
+            }
+            _ => joined.push(s),
+        }
+    }
+    allowed.splice(lo..hi, joined);
 }
 
 /// Port sets of one computation, interned: runs carry ids, unions are memoized.
@@ -691,7 +902,9 @@ fn merge_interned(mut runs: Vec<(u32, u32, u32)>, table: &mut PortTable) -> Allo
 /// The cluster's pods indexed for selector evaluation: by namespace, by address, and each
 /// peer's matching pods once per plan.
 pub(crate) struct Index<'a> {
-    cluster: &'a Cluster,
+    pods: Vec<&'a PodView>,
+    /// Namespace labels by name.
+    namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
     /// Pod indices per namespace (namespaces with pods only: others have no peers).
     by_ns: BTreeMap<&'a str, Vec<usize>>,
     /// (address, pod index), sorted.
@@ -703,29 +916,30 @@ pub(crate) struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
-    pub(crate) fn new(cluster: &'a Cluster) -> Index<'a> {
+    pub(crate) fn new(
+        pods: impl IntoIterator<Item = &'a PodView>,
+        namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Index<'a> {
+        let pods: Vec<&PodView> = pods.into_iter().collect();
         let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         let mut implied = HashMap::new();
-        for (i, p) in cluster.pods.iter().enumerate() {
+        for (i, p) in pods.iter().enumerate() {
             by_ns.entry(p.namespace.as_str()).or_default().push(i);
-            if !cluster.namespaces.contains_key(&p.namespace) {
-                implied.entry(p.namespace.as_str()).or_insert_with(|| {
-                    BTreeMap::from([(
-                        "kubernetes.io/metadata.name".to_string(),
-                        p.namespace.clone(),
-                    )])
-                });
+            if !namespaces.contains_key(&p.namespace) {
+                implied
+                    .entry(p.namespace.as_str())
+                    .or_insert_with(|| implied_labels(&p.namespace));
             }
         }
-        let mut by_ip: Vec<(u32, usize)> = cluster
-            .pods
+        let mut by_ip: Vec<(u32, usize)> = pods
             .iter()
             .enumerate()
             .map(|(i, p)| (u32::from(p.ip), i))
             .collect();
         by_ip.sort_unstable();
         Index {
-            cluster,
+            pods,
+            namespaces,
             by_ns,
             by_ip,
             implied,
@@ -734,7 +948,7 @@ impl<'a> Index<'a> {
     }
 
     fn namespace_labels(&self, ns: &str) -> &BTreeMap<String, String> {
-        match self.cluster.namespaces.get(ns) {
+        match self.namespaces.get(ns) {
             Some(l) => l,
             None => &self.implied[ns],
         }
@@ -746,7 +960,22 @@ impl<'a> Index<'a> {
         self.by_ip[from..]
             .iter()
             .take_while(move |(a, _)| *a <= last)
-            .map(|(_, i)| &self.cluster.pods[*i])
+            .map(|(_, i)| self.pods[*i])
+    }
+
+    /// Whether pod `q` is one of the pods a `Peer::Pods` of a policy in `policy_ns` matches.
+    pub(crate) fn peer_matches(
+        &self,
+        policy_ns: &str,
+        namespaces: Option<&Selector>,
+        pods: &Selector,
+        q: &PodView,
+    ) -> bool {
+        let ns_ok = match namespaces {
+            None => q.namespace == policy_ns,
+            Some(s) => s.matches(self.namespace_labels(&q.namespace)),
+        };
+        ns_ok && pods.matches(&q.labels)
     }
 
     /// The pods a `Peer::Pods` of a policy in `policy_ns` matches.
@@ -767,7 +996,7 @@ impl<'a> Index<'a> {
                 .into_iter()
                 .flatten()
                 .copied()
-                .filter(|i| pods.matches(&self.cluster.pods[*i].labels))
+                .filter(|i| pods.matches(&self.pods[*i].labels))
                 .collect()
         };
         let found: Rc<[usize]> = match namespaces {
@@ -820,38 +1049,10 @@ fn rule_runs_into(
     ingress: bool,
     emit: &mut dyn FnMut(u32, u32, &PortSet),
 ) {
-    let numbers: Vec<(u8, u16, u16)> = rule
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| match p {
-            PortMatch::Numbers { proto, first, last } => Some((*proto, *first, *last)),
-            PortMatch::Named { .. } => None,
-        })
-        .collect();
-    let named: Vec<(u8, &str)> = rule
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| match p {
-            PortMatch::Named { proto, name } => Some((*proto, name.as_str())),
-            PortMatch::Numbers { .. } => None,
-        })
-        .collect();
+    let rule_ports = RulePorts::new(rule);
     // The ports on which the rule admits traffic to `dst` (None: a non-pod address).
-    let ports_for =
-        |dst: Option<&PodView>| -> PortSet {
-            if rule.ports.is_none() {
-                return PortSet::All;
-            }
-            let mut v = numbers.clone();
-            if let Some(d) = dst {
-                v.extend(named.iter().filter_map(|(proto, name)| {
-                    d.named_port(name, *proto).map(|n| (*proto, n, n))
-                }));
-            }
-            PortSet::ranges(v)
-        };
+    let ports_for = |dst: Option<&PodView>| rule_ports.for_pod(dst);
+    let named = &rule_ports.named;
     let mut push = |first: u32, last: u32, ports: &PortSet| {
         if !ports.is_empty() {
             emit(first, last, ports);
@@ -889,7 +1090,7 @@ fn rule_runs_into(
                             continue;
                         }
                         let found = index.peer_pods(peer, &policy.namespace, namespaces, pods);
-                        for q in found.iter().map(|i| &index.cluster.pods[*i]) {
+                        for q in found.iter().map(|i| index.pods[*i]) {
                             let a = u32::from(q.ip);
                             if ingress {
                                 push(a, a, &ingress_ports);
@@ -910,6 +1111,48 @@ fn rule_runs_into(
                 }
             }
         }
+    }
+}
+
+/// A rule's port clauses, split: numbers apply everywhere, names per destination pod.
+struct RulePorts<'r> {
+    all: bool,
+    numbers: Vec<(u8, u16, u16)>,
+    named: Vec<(u8, &'r str)>,
+}
+
+impl<'r> RulePorts<'r> {
+    fn new(rule: &'r Rule) -> RulePorts<'r> {
+        let mut out = RulePorts {
+            all: rule.ports.is_none(),
+            numbers: Vec::new(),
+            named: Vec::new(),
+        };
+        for p in rule.ports.iter().flatten() {
+            match p {
+                PortMatch::Numbers { proto, first, last } => {
+                    out.numbers.push((*proto, *first, *last))
+                }
+                PortMatch::Named { proto, name } => out.named.push((*proto, name.as_str())),
+            }
+        }
+        out
+    }
+
+    /// The ports on which the rule admits traffic to `dst` (None: a non-pod address).
+    fn for_pod(&self, dst: Option<&PodView>) -> PortSet {
+        if self.all {
+            return PortSet::All;
+        }
+        let mut v = self.numbers.clone();
+        if let Some(d) = dst {
+            v.extend(
+                self.named
+                    .iter()
+                    .filter_map(|(proto, name)| d.named_port(name, *proto).map(|n| (*proto, n, n))),
+            );
+        }
+        PortSet::ranges(v)
     }
 }
 

@@ -8,29 +8,57 @@
 //!                      ip saddr vmap @egress-pods; ip daddr vmap @ingress-pods
 //!   chain input        filter hook input:    ct established,related accept;
 //!                      ip saddr vmap @egress-pods          (pods → their own node)
-//!   chain in-H         ip saddr vmap @in-H-peers; goto refuse
-//!   map in-H-peers     address ranges → return (any port) | goto ports-K   (interval map)
-//!   chain ports-K      meta l4proto . th dport @ports-K return; goto refuse
-//!   set ports-K        protocol . port ranges                               (interval set)
+//!   chain in-H         ip saddr @in-H-any return;
+//!                      ip saddr @in-H-K meta l4proto . th dport @ports-K return;  (per K)
+//!                      (and the same for `…-ranges` sets); goto refuse
+//!   set in-H-any       addresses allowed on every port and protocol     (hash set)
+//!   set in-H-any-ranges  address ranges allowed so                       (interval set)
+//!   set in-H-K         addresses allowed on the ports of port set K     (hash set)
+//!   set in-H-K-ranges  address ranges allowed so                         (interval set)
+//!   set ports-K        protocol . port ranges (shared by every class using K)
+//!   (a class has only the sets it has addresses for, and one rule per set)
 //!   chain refuse       counter; tcp → reset; else icmp admin-prohibited
 //! ```
+//! (`out-H` the same with `ip daddr`.)
 //!
-//! Per packet of a new connection: two hash lookups (source pod, destination pod), one
-//! interval lookup in the class's peer map, and for port-restricted peers one lookup in a
-//! small port set — the same work with 1 policy or 1000, 10 pods or 10k. Established and
-//! related packets (replies of allowed connections) stop at the first rule.
+//! Per packet of a new connection: two hash lookups (source pod, destination pod), then in
+//! the class chain one lookup per address set: for any port, and per distinct port set
+//! the class uses (usually one to three; a match costs one more lookup in a small port
+//! set); pod peers are single addresses, in hash sets — ranges (`ipBlock`s) in interval
+//! sets —
+//! the same with 10 pods or 10k, and with 1 policy or 1000 unless they name that many
+//! different port lists for one pod. Established and related packets (replies of allowed
+//! connections) stop at the first rule.
 //!
-//! Pods with the same allowances share one class chain `in-H`/`out-H` (H: a hash of what
-//! they allow), and equal port sets share `ports-K`: a cluster of many pods under a few
-//! policies makes few chains, and names stay stable across syncs (a change touches only the
-//! classes it changes). Traffic from the node itself to its pods goes through `output`,
-//! which this table leaves alone: kubelet probes always pass, as upstream expects. Service
-//! traffic is judged after DNAT (prerouting), so against the pod it lands on.
+//! Pods with the same inputs — the same selecting policies, and for ingress under a named
+//! port the same declared ports — share one class chain `in-H`/`out-H` (H: a hash of those
+//! inputs, `Direction::class`): a cluster of many pods under a few policies makes few
+//! chains, and a class keeps its name when what it allows changes (a peer pod
+//! relabelled, a policy's rule edited): the change is a few elements of its sets, not a
+//! new chain (until 2026-11-30 classes were named by what they allow and shared across
+//! namespaces: fewer elements, but any change renamed and rebuilt every class it
+//! touched). Traffic from the node itself to its pods goes through `output`, which this
+//! table leaves alone: kubelet probes always pass, as upstream expects. Service traffic is
+//! judged after DNAT (prerouting), so against the pod it lands on.
+//!
+//! Why no verdict map below the pod maps (until 2026-11-30 a class had an interval
+//! verdict map `in-H-peers`, address → `return` | `goto ports-K`, with port chains): a
+//! transaction that adds a `jump`/`goto` element or a rule with a lookup makes the kernel
+//! validate the whole table at commit (`nft_table_validate`, kernel 6.18: from each base
+//! chain, every element of every verdict map it reaches, recursively, nothing memoized),
+//! so a peer verdict map was walked once per pod jumping to its class — with 1000 local
+//! pods, ~15 ms of kernel time for any change that moved a pod (perf on
+//! `benches/policy_scale.rs`: half of the run in `nft_rbtree_do_walk` under
+//! `nft_lookup_validate`). Plain sets are not walked: a commit validates a few rules per
+//! pod element. And why addresses are not in a concatenated `address . protocol . port`
+//! set (one lookup per class): nf_tables' pipapo sets remove an element in time linear in
+//! the set (`nft_pipapo_remove`), so a class losing 400 peers took seconds to update;
+//! the interval (rbtree) address sets here remove in logarithmic time.
 //!
 //! Against Calico (a chain per policy and per profile, ipsets for selectors: rule count
 //! per packet grows with the policies selecting a pod) and kube-router (the same shape on
-//! iptables): the number of rules a packet traverses here is constant; the size lives in
-//! set elements. Refusals reject (TCP reset, ICMP admin-prohibited) rather than drop, so a
+//! iptables): the number of rules a packet traverses here does not grow with the
+//! policies or the pods; the size lives in set elements. Refusals reject (TCP reset, ICMP admin-prohibited) rather than drop, so a
 //! client learns at once — Cilium and Calico drop by default.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,7 +69,7 @@ use podnet_nft::{
     SetData, Stmt, Table, Type, Value, Verdict, ct_state,
 };
 
-use crate::model::{Allowed, PodPolicy, PortSet};
+use crate::model::{Allowed, PodPolicy, PortSet, Segment};
 
 pub const TABLE: &str = "podnet-policy";
 
@@ -58,12 +86,17 @@ pub mod names {
         format!("{}-{hash:016x}", if ingress { "in" } else { "out" })
     }
 
-    /// The peer map of a class chain.
-    pub fn peers(class: &str) -> String {
-        format!("{class}-peers")
+    /// A class's addresses allowed on every port.
+    pub fn any(class: &str) -> String {
+        format!("{class}-any")
     }
 
-    /// The chain and set of one port set.
+    /// A class's addresses allowed on the port set `ports` (its hash).
+    pub fn peers(class: &str, ports: u64) -> String {
+        format!("{class}-{ports:016x}")
+    }
+
+    /// A port set (protocol . port ranges), named by its hash.
     pub fn ports(hash: u64) -> String {
         format!("ports-{hash:016x}")
     }
@@ -71,8 +104,8 @@ pub mod names {
 
 /// FNV-1a over the `Debug` text of `v`: a hash that is the same in every process and
 /// release (names must be stable). The text is fed to the hash as it is formatted, never
-/// held (this runs once per distinct allowance and port set per sync).
-fn stable_hash(v: &impl std::fmt::Debug) -> u64 {
+/// held.
+pub(crate) fn stable_hash(v: &impl std::fmt::Debug) -> u64 {
     struct Fnv(u64);
     impl std::fmt::Write for Fnv {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -88,7 +121,52 @@ fn stable_hash(v: &impl std::fmt::Debug) -> u64 {
 }
 
 /// The node's policy table.
-pub fn render(pods: &[PodPolicy]) -> Table {
+pub fn render<'p>(pods: &'p [PodPolicy]) -> Table {
+    let mut classes: BTreeMap<String, (bool, &'p Allowed)> = BTreeMap::new();
+    let mut pod_maps: [Vec<Element>; 2] = [Vec::new(), Vec::new()];
+    for p in pods {
+        for (i, dir) in [(0, &p.ingress), (1, &p.egress)] {
+            let Some(d) = dir else { continue };
+            let ingress = i == 0;
+            let name = names::class(ingress, d.class);
+            classes.entry(name.clone()).or_insert((ingress, &d.allowed));
+            pod_maps[i].push(pod_element(p.ip, name));
+        }
+    }
+    // Each distinct port set is hashed once.
+    let mut hashes: HashMap<&'p [(u8, u16, u16)], u64> = HashMap::new();
+    let mut port_sets: BTreeMap<u64, &'p [(u8, u16, u16)]> = BTreeMap::new();
+    let mut hash = |r: &'p [(u8, u16, u16)]| -> u64 {
+        *hashes.entry(r).or_insert_with(|| {
+            let h = ports_hash(r);
+            port_sets.insert(h, r);
+            h
+        })
+    };
+    let classes: Vec<Part> = classes
+        .into_iter()
+        .map(|(name, (ingress, allowed))| render_class(&name, ingress, allowed, &mut hash))
+        .collect();
+    let [ingress_elems, egress_elems] = pod_maps;
+    assemble(
+        ingress_elems,
+        egress_elems,
+        classes,
+        port_sets.into_iter().map(|(h, r)| render_ports(h, r)),
+    )
+}
+
+/// A class: its sets (with elements; whether for every port) and its chain (with rules).
+pub(crate) type Part = (Vec<(bool, (Set, Vec<Element>))>, (Chain, Vec<Rule>));
+
+/// The table from its pod map elements, its classes (in name order) and its port sets (in
+/// name order).
+pub(crate) fn assemble(
+    ingress_elems: Vec<Element>,
+    egress_elems: Vec<Element>,
+    classes: impl IntoIterator<Item = Part>,
+    ports: impl IntoIterator<Item = (Set, Vec<Element>)>,
+) -> Table {
     let mut t = Table::new(Family::Ip, TABLE);
     let filter = |hook| BaseChain {
         kind: ChainKind::Filter,
@@ -107,43 +185,8 @@ pub fn render(pods: &[PodPolicy]) -> Table {
             Stmt::Verdict(Verdict::Accept),
         ])
     };
-    let vmap = |key: Expr, map: &str| {
-        Rule::new(vec![Stmt::Vmap {
-            keys: vec![key],
-            map: map.into(),
-        }])
-    };
-    let mut classes: BTreeMap<String, (bool, &Allowed)> = BTreeMap::new();
-    // Each distinct allowance is named (hashed) once, however many pods share it.
-    let mut named: [HashMap<&Allowed, String>; 2] = [HashMap::new(), HashMap::new()];
-    let mut pod_maps: [Vec<Element>; 2] = [Vec::new(), Vec::new()];
-    for p in pods {
-        for (i, dir) in [(0, &p.ingress), (1, &p.egress)] {
-            let Some(d) = dir else { continue };
-            let ingress = i == 0;
-            let name = named[i]
-                .entry(&d.allowed)
-                .or_insert_with(|| {
-                    let name = names::class(ingress, stable_hash(&d.allowed));
-                    classes.insert(name.clone(), (ingress, &d.allowed));
-                    name
-                })
-                .clone();
-            pod_maps[i].push(Element::verdict(
-                vec![Value::Ipv4(p.ip)],
-                Verdict::Jump(name),
-            ));
-        }
-    }
-    let pods_map = |name: &str, elems: Vec<Element>| {
-        (
-            Set::map(name, vec![Type::Ipv4Addr], SetData::Verdict),
-            elems,
-        )
-    };
-    let [ingress_elems, egress_elems] = pod_maps;
-    t.sets.push(pods_map(names::INGRESS_PODS, ingress_elems));
-    t.sets.push(pods_map(names::EGRESS_PODS, egress_elems));
+    t.sets.push((pods_map(names::INGRESS_PODS), ingress_elems));
+    t.sets.push((pods_map(names::EGRESS_PODS), egress_elems));
     t.chains.push((
         Chain::base(names::FORWARD, filter(Hook::Forward)),
         vec![
@@ -171,70 +214,194 @@ pub fn render(pods: &[PodPolicy]) -> Table {
             Rule::new(vec![Stmt::Reject(Reject::IcmpAdminProhibited)]),
         ],
     ));
-    let refuse = || Rule::new(vec![Stmt::Verdict(Verdict::Goto(names::REFUSE.into()))]);
-    let mut port_sets: BTreeMap<String, Vec<(u8, u16, u16)>> = BTreeMap::new();
-    let mut port_names: HashMap<&Vec<(u8, u16, u16)>, String> = HashMap::new();
-    for (class, (ingress, allowed)) in classes {
-        let peers = names::peers(&class);
-        let mut elems = Vec::new();
-        for seg in allowed {
-            let verdict = match &seg.ports {
-                PortSet::All => Verdict::Return,
-                PortSet::Ranges(r) => {
-                    let name = port_names
-                        .entry(r)
-                        .or_insert_with(|| {
-                            let name = names::ports(stable_hash(r));
-                            port_sets.insert(name.clone(), r.clone());
-                            name
-                        })
-                        .clone();
-                    Verdict::Goto(name)
-                }
-            };
-            for (a, len) in prefixes(seg.first, seg.last) {
-                elems.push(Element::verdict(
-                    vec![Value::Ipv4Prefix(a, len)],
-                    verdict.clone(),
-                ));
+    // Sets by kind, each kind in name order: the classes' sets for every port, their
+    // port-set address sets, then the port sets.
+    let mut peers = Vec::new();
+    for (sets, chain) in classes {
+        for (any, set) in sets {
+            if any {
+                t.sets.push(set);
+            } else {
+                peers.push(set);
             }
         }
-        let mut map = Set::map(&peers, vec![Type::Ipv4Addr], SetData::Verdict);
-        map.flags.interval = true;
-        t.sets.push((map, elems));
-        let key = if ingress {
-            Expr::IpSaddr
-        } else {
-            Expr::IpDaddr
-        };
-        t.chains
-            .push((Chain::regular(class), vec![vmap(key, &peers), refuse()]));
+        t.chains.push(chain);
     }
-    for (name, ranges) in port_sets {
-        let mut set = Set::new(&name, vec![Type::InetProto, Type::InetService]);
-        set.flags.interval = true;
-        let elems = ranges
-            .iter()
-            // A concatenated interval set: every element carries its range end.
-            .map(|(p, a, b)| Element::key(vec![Value::Proto(*p), Value::PortRange(*a, *b)]))
-            .collect();
-        t.sets.push((set, elems));
-        t.chains.push((
-            Chain::regular(&name),
-            vec![
-                Rule::new(vec![
-                    Stmt::InSet {
-                        keys: vec![Expr::MetaL4Proto, Expr::ThDport],
-                        set: name.clone(),
-                        negate: false,
-                    },
-                    Stmt::Verdict(Verdict::Return),
-                ]),
-                refuse(),
-            ],
-        ));
-    }
+    t.sets.extend(peers);
+    t.sets.extend(ports);
     t
+}
+
+fn pods_map(name: &str) -> Set {
+    Set::map(name, vec![Type::Ipv4Addr], SetData::Verdict)
+}
+
+fn vmap(key: Expr, map: &str) -> Rule {
+    Rule::new(vec![Stmt::Vmap {
+        keys: vec![key],
+        map: map.into(),
+    }])
+}
+
+fn refuse() -> Rule {
+    Rule::new(vec![Stmt::Verdict(Verdict::Goto(names::REFUSE.into()))])
+}
+
+/// An element of `ingress-pods` / `egress-pods`: `ip : jump class`.
+pub(crate) fn pod_element(ip: Ipv4Addr, class: String) -> Element {
+    Element::verdict(vec![Value::Ipv4(ip)], Verdict::Jump(class))
+}
+
+/// The hash naming a port set (`ports-K`, `{class}-K`).
+pub(crate) fn ports_hash(ranges: &[(u8, u16, u16)]) -> u64 {
+    stable_hash(&ranges)
+}
+
+/// One of a class's address sets: for every port (`ports: None`) or for port set K, of
+/// single addresses (a hash set: one kernel element each, inserted and found in constant
+/// time) or of address ranges (an interval set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SetId {
+    pub(crate) ports: Option<u64>,
+    pub(crate) ranges: bool,
+}
+
+impl SetId {
+    /// The set `seg` belongs to (`hash` names port sets).
+    pub(crate) fn of<'a>(
+        seg: &'a Segment,
+        hash: &mut impl FnMut(&'a [(u8, u16, u16)]) -> u64,
+    ) -> SetId {
+        SetId {
+            ports: match &seg.ports {
+                PortSet::All => None,
+                PortSet::Ranges(r) => Some(hash(r)),
+            },
+            ranges: seg.first != seg.last,
+        }
+    }
+
+    pub(crate) fn name(&self, class: &str) -> String {
+        let base = match self.ports {
+            None => names::any(class),
+            Some(k) => names::peers(class, k),
+        };
+        if self.ranges {
+            format!("{base}-ranges")
+        } else {
+            base
+        }
+    }
+
+    pub(crate) fn set(&self, class: &str) -> Set {
+        let mut set = Set::new(self.name(class), vec![Type::Ipv4Addr]);
+        set.flags.interval = self.ranges;
+        set
+    }
+}
+
+/// A class's sets and chain: per [`SetId`] it has segments of, a set named
+/// `{class}-any` / `{class}-K` (single addresses allowed on every port / on port set K) or
+/// `…-ranges` (address ranges), and
+/// ```text
+/// chain in-H
+///   ip saddr @in-H-any return                                      (any port)
+///   ip saddr @in-H-K meta l4proto . th dport @ports-K return       (port set K)
+///   …one rule per set, in SetId order
+///   goto refuse
+/// ```
+/// (`ip daddr` for an egress class `out-H`); `hash` names port sets. Each set comes with
+/// whether it is for every port (those are listed first in the table).
+pub(crate) fn render_class<'a>(
+    class: &str,
+    ingress: bool,
+    allowed: &'a Allowed,
+    hash: &mut impl FnMut(&'a [(u8, u16, u16)]) -> u64,
+) -> Part {
+    let mut ids: BTreeMap<SetId, Vec<&'a Segment>> = BTreeMap::new();
+    for seg in allowed {
+        ids.entry(SetId::of(seg, hash)).or_default().push(seg);
+    }
+    let sets = ids
+        .iter()
+        .map(|(id, segs)| {
+            let elems = class_elements(class, segs.iter().copied(), hash)
+                .into_values()
+                .flatten()
+                .collect();
+            (id.ports.is_none(), (id.set(class), elems))
+        })
+        .collect();
+    let ids: Vec<SetId> = ids.into_keys().collect();
+    (
+        sets,
+        (Chain::regular(class), class_rules(class, ingress, &ids)),
+    )
+}
+
+/// The rules of a class chain with the address sets `ids` (sorted).
+pub(crate) fn class_rules(class: &str, ingress: bool, ids: &[SetId]) -> Vec<Rule> {
+    let addr = if ingress {
+        Expr::IpSaddr
+    } else {
+        Expr::IpDaddr
+    };
+    let lookup = |keys: Vec<Expr>, set: String| Stmt::InSet {
+        keys,
+        set,
+        negate: false,
+    };
+    let mut rules: Vec<Rule> = ids
+        .iter()
+        .map(|id| {
+            let mut stmts = vec![lookup(vec![addr], id.name(class))];
+            if let Some(k) = id.ports {
+                stmts.push(lookup(
+                    vec![Expr::MetaL4Proto, Expr::ThDport],
+                    names::ports(k),
+                ));
+            }
+            stmts.push(Stmt::Verdict(Verdict::Return));
+            Rule::new(stmts)
+        })
+        .collect();
+    rules.push(refuse());
+    rules
+}
+
+/// The elements `segments` put in a class's sets, by set name.
+pub(crate) fn class_elements<'a>(
+    class: &str,
+    segments: impl IntoIterator<Item = &'a Segment>,
+    hash: &mut impl FnMut(&'a [(u8, u16, u16)]) -> u64,
+) -> BTreeMap<String, Vec<Element>> {
+    let mut out: BTreeMap<String, Vec<Element>> = BTreeMap::new();
+    for seg in segments {
+        let id = SetId::of(seg, hash);
+        let elems = out.entry(id.name(class)).or_default();
+        if id.ranges {
+            elems.extend(
+                prefixes(seg.first, seg.last)
+                    .into_iter()
+                    .map(|(a, len)| Element::key(vec![Value::Ipv4Prefix(a, len)])),
+            );
+        } else {
+            elems.push(Element::key(vec![Value::Ipv4(Ipv4Addr::from(seg.first))]));
+        }
+    }
+    out
+}
+
+/// `set ports-K`: protocol . port ranges (a concatenated interval set: every element
+/// carries its range end).
+pub(crate) fn render_ports(hash: u64, ranges: &[(u8, u16, u16)]) -> (Set, Vec<Element>) {
+    let mut set = Set::new(names::ports(hash), vec![Type::InetProto, Type::InetService]);
+    set.flags.interval = true;
+    let elems = ranges
+        .iter()
+        .map(|(p, a, b)| Element::key(vec![Value::Proto(*p), Value::PortRange(*a, *b)]))
+        .collect();
+    (set, elems)
 }
 
 /// The fewest CIDR prefixes covering `first..=last` exactly.

@@ -378,7 +378,16 @@ fn pods_with_equal_allowances_share_a_class_and_names_are_stable() {
     let chains: Vec<&str> = t.chains.iter().map(|(c, _)| c.name.as_str()).collect();
     let classes = chains.iter().filter(|n| n.starts_with("in-")).count();
     assert_eq!(classes, 2, "{chains:?}"); // deny-all (x) and port 80 (y)
-    assert_eq!(chains.iter().filter(|n| n.starts_with("ports-")).count(), 1);
+    // x's class allows nothing: no address set; y's allows every address (a range) on
+    // port 80: one interval set, and the port set.
+    let sets: Vec<&str> = t.sets.iter().map(|(s, _)| s.name.as_str()).collect();
+    assert_eq!(sets.iter().filter(|n| n.starts_with("ports-")).count(), 1);
+    assert_eq!(
+        sets.iter().filter(|n| n.ends_with("-ranges")).count(),
+        1,
+        "{sets:?}"
+    );
+    assert_eq!(sets.len(), 4, "{sets:?}"); // with the two pod maps
     assert_eq!(
         render(&plan_pods(&ps, &c, None)),
         t,
@@ -387,4 +396,5 @@ fn pods_with_equal_allowances_share_a_class_and_names_are_stable() {
     let text = podnet_nft::render_table(&t);
     assert!(text.contains("ip daddr vmap @ingress-pods"), "{text}");
     assert!(text.contains("tcp . 80"), "{text}");
+    assert!(text.contains("meta l4proto . th dport @ports-"), "{text}");
 }
