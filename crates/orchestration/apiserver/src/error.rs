@@ -125,6 +125,11 @@ impl ApiError {
         Self::new(405, "MethodNotAllowed", message.into())
     }
 
+    /// 401: no credentials, or credentials the server does not know.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized".into())
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(403, "Forbidden", message.into())
     }

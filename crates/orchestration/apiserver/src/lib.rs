@@ -1,5 +1,6 @@
 //! Orchestration: the lab's control plane — the subset of the Kubernetes API podnet needs,
-//! served over plain HTTP, with the controllers a real control plane runs.
+//! served over HTTPS with bearer tokens ([`serve_tls`], [`Tokens`]) or plain HTTP without
+//! credentials ([`serve`], for tests), with the controllers a real control plane runs.
 //!
 //! Served: core v1 namespaces, nodes, pods, services (each with `/status`),
 //! discovery.k8s.io/v1 endpointslices, networking.k8s.io/v1 networkpolicies; verbs list,
@@ -26,14 +27,16 @@
 //! - deletion is immediate — no finalizers, no garbage collector (a namespace's objects
 //!   and a Service's EndpointSlices are deleted with it) — except the graceful deletion of
 //!   Pods bound to a node (`deletionTimestamp`, finished by the node's kubelet);
-//! - no authentication, authorization, TLS or aggregated discovery (the legacy form is
-//!   returned, which kubectl accepts); OpenAPI documents carry only what kubectl needs to
+//! - authentication by static bearer tokens only (no client certificates, no service
+//!   account token signing), no authorization (every known token may do everything), no
+//!   aggregated discovery (the legacy form is returned, which kubectl accepts); OpenAPI documents carry only what kubectl needs to
 //!   create with validation on (`openapi`), not the full schemas;
 //! - `limit`/`continue` are ignored: a list returns everything in one page, which kube's
 //!   pager accepts (no continue token);
 //! - `fieldValidation` (Strict, Warn — the default —, Ignore) is honoured on create and
 //!   update; a patch's unknown fields are dropped (as with Ignore).
 
+mod auth;
 mod controllers;
 mod error;
 mod openapi;
@@ -41,6 +44,7 @@ mod patch;
 mod resource;
 mod store;
 mod table;
+mod tls;
 mod validate;
 mod watch;
 
@@ -54,8 +58,10 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
+pub use auth::Tokens;
 pub use error::{ApiError, Cause};
 pub use resource::Kind;
+pub use tls::server_config as tls_server_config;
 
 use store::Store;
 
@@ -74,6 +80,13 @@ pub struct Config {
     /// `loadBalancerClass` (`status.loadBalancer.ingress[].ip`); `None`: no controller, the
     /// Services stay pending as in a cluster without a cloud provider.
     pub load_balancer_pool: Option<ipnet::IpNet>,
+    /// Where clients reach this server: published as the `kubernetes` Service in
+    /// `default` (cluster IP the first address of the service range, port 443 `https`) and
+    /// its EndpointSlice, as kube-apiserver's `--advertise-address` and secure port do.
+    /// `None`: no such Service.
+    pub advertise: Option<std::net::SocketAddr>,
+    /// Bearer tokens accepted (`--token-auth-file`); `None`: no authentication.
+    pub tokens: Option<Tokens>,
 }
 
 impl Default for Config {
@@ -84,25 +97,42 @@ impl Default for Config {
             service_cidr: "10.96.0.0/12".parse().expect("literal CIDR"),
             node_port_range: (30000, 32767),
             load_balancer_pool: Some(DEFAULT_LOAD_BALANCER_POOL.parse().expect("literal CIDR")),
+            advertise: None,
+            tokens: None,
         }
     }
 }
 
-/// Serves until the future is dropped.
+/// Serves plain HTTP until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> anyhow::Result<()> {
+    axum::serve(listener, router(config))
+        .await
+        .map_err(|e| anyhow::anyhow!(e).context("serving the API"))
+}
+
+/// Serves HTTPS ([`tls_server_config`]) until the future is dropped.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
+    axum::serve(tls::TlsListener::new(listener, tls), router(config))
+        .await
+        .map_err(|e| anyhow::anyhow!(e).context("serving the API"))
+}
+
+fn router(config: Config) -> Router {
     let app = App {
+        tokens: config.tokens.clone(),
         store: Arc::new(Mutex::new(Store::new(config))),
     };
-    let router = Router::new().fallback(handle).with_state(app);
-    axum::serve(listener, router)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
-        .map_err(|e| e.context("serving the API"))
+    Router::new().fallback(handle).with_state(app)
 }
 
 #[derive(Clone)]
 struct App {
     store: Arc<Mutex<Store>>,
+    tokens: Option<Tokens>,
 }
 
 /// Largest request body accepted.
@@ -111,6 +141,15 @@ const MAX_BODY: usize = 8 << 20;
 async fn handle(State(app): State<App>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if let Some(tokens) = &app.tokens {
+        // Health probes stay open, as kube-apiserver's are to anonymous clients.
+        let public = matches!(path.as_str(), "/healthz" | "/readyz" | "/livez");
+        match tokens.authenticate(req.headers().get(http::header::AUTHORIZATION)) {
+            Some(user) => tracing::trace!(user, "authenticated"),
+            None if public => {}
+            None => return error_response(&ApiError::unauthorized()),
+        }
+    }
     let query: BTreeMap<String, String> = req
         .uri()
         .query()

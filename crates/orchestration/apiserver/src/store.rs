@@ -111,7 +111,40 @@ impl Store {
             s.create(Kind::Namespace, None, json!({"metadata": {"name": ns}}))
                 .expect("built-in namespace");
         }
+        if let Some(addr) = s.config.advertise {
+            s.publish_kubernetes_service(addr);
+        }
         s
+    }
+
+    /// The `kubernetes` Service in `default` and its EndpointSlice: how pods find the API
+    /// (`KUBERNETES_SERVICE_HOST`/`_PORT` point at the Service; the slice at `addr`), as
+    /// kube-apiserver's endpoint reconciler publishes it. The Service has no selector, so
+    /// the EndpointSlice controller leaves the slice alone.
+    fn publish_kubernetes_service(&mut self, addr: std::net::SocketAddr) {
+        let cluster_ip = self.config.service_cidr.hosts().next();
+        let svc = json!({
+            "metadata": {"name": "kubernetes",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip.map(|ip| ip.to_string()),
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                "targetPort": addr.port()}]},
+        });
+        let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        let slice = json!({
+            "metadata": {"name": "kubernetes",
+                         "labels": {"kubernetes.io/service-name": "kubernetes",
+                                    "endpointslice.kubernetes.io/managed-by": "podnet-apiserver"}},
+            "addressType": family,
+            "endpoints": [{"addresses": [addr.ip().to_string()],
+                           "conditions": {"ready": true, "serving": true, "terminating": false}}],
+            "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}],
+        });
+        for (kind, body) in [(Kind::Service, svc), (Kind::EndpointSlice, slice)] {
+            if let Err(e) = self.create(kind, Some("default"), body) {
+                tracing::warn!(error = %e, "publishing the kubernetes Service");
+            }
+        }
     }
 
     fn map(&self, kind: Kind) -> &BTreeMap<Key, Arc<Value>> {
@@ -1044,6 +1077,34 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubernetes_service_points_at_the_advertised_address() {
+        let s = Store::new(Config {
+            advertise: Some("172.18.0.2:6443".parse().unwrap()),
+            ..Config::default()
+        });
+        let svc = s.get(Kind::Service, Some("default"), "kubernetes").unwrap();
+        assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 6443);
+        assert!(svc["spec"].get("selector").is_none_or(Value::is_null));
+        let slice = s
+            .get(Kind::EndpointSlice, Some("default"), "kubernetes")
+            .unwrap();
+        assert_eq!(slice["endpoints"][0]["addresses"][0], "172.18.0.2");
+        assert_eq!(slice["ports"][0]["port"], 6443);
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            "kubernetes"
+        );
+        let plain = Store::new(Config::default());
+        assert!(
+            plain
+                .get(Kind::Service, Some("default"), "kubernetes")
+                .is_err()
+        );
+    }
 
     #[test]
     fn pod_grace_as_upstream_decides_it() {

@@ -105,6 +105,10 @@ struct Kubelet {
     /// Pods being deleted whose containers got SIGTERM: (when, SIGKILL deadline), by UID.
     terminating: HashMap<String, (Instant, Instant)>,
     gc_done: bool,
+    /// The variables for the `kubernetes` Service every container gets; `None` until the
+    /// Service has been read (containers wait for it, as kubelet's do for its service
+    /// informer), empty when the cluster has none.
+    kubernetes_env: Option<Vec<(String, String)>>,
 }
 
 /// Runs the kubelet until the watch ends for good.
@@ -130,6 +134,7 @@ pub async fn run(cfg: Config, client: kube::Client) -> Result<()> {
         backoff: HashMap::new(),
         terminating: HashMap::new(),
         gc_done: false,
+        kubernetes_env: None,
     };
     k.load_records().await?;
     k.register_node().await;
@@ -323,6 +328,9 @@ impl Kubelet {
     async fn sync(&mut self) {
         if !self.listed {
             return;
+        }
+        if self.kubernetes_env.is_none() {
+            self.read_kubernetes_service().await;
         }
         let net = read_network(&self.cfg.cni_conf_dir);
         let uids: BTreeSet<String> = self
@@ -562,6 +570,53 @@ impl Kubelet {
         );
     }
 
+    /// Reads the `kubernetes` Service in `default` into [`Kubelet::kubernetes_env`]; a
+    /// failure other than NotFound leaves it unread, to be tried at the next sync.
+    async fn read_kubernetes_service(&mut self) {
+        let api: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.client.clone(), "default");
+        match api.get_opt("kubernetes").await {
+            Ok(svc) => {
+                let env = svc.as_ref().map(plan::plan_kubernetes_env);
+                debug!(?env, "the kubernetes Service");
+                self.kubernetes_env = Some(env.unwrap_or_default());
+            }
+            Err(e) => warn!("reading the kubernetes Service: {e}"),
+        }
+    }
+
+    /// Writes the pod's service account directory (`token`, `ca.crt`, `namespace`) into
+    /// its state directory: `None` when this kubelet has no credentials to hand out or the
+    /// pod opts out. The token is read anew for every container start.
+    fn write_service_account(&self, pod: &Pod) -> Result<Option<std::path::PathBuf>> {
+        let Some(sa) = &self.cfg.service_account else {
+            return Ok(None);
+        };
+        if !plan::mounts_service_account(pod) {
+            return Ok(None);
+        }
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let files = [
+            ("token", read(&sa.token_file)?),
+            ("ca.crt", read(&sa.ca_file)?),
+            ("namespace", namespace.as_bytes().to_vec()),
+        ];
+        let dir = self
+            .states
+            .pod_dir(pod.metadata.uid.as_deref().unwrap_or(""))?
+            .join("serviceaccount");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, content) in files {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, content)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(Some(dir))
+    }
+
     /// Writes the pod's resolv.conf into its state directory (`None`: the node's file).
     fn write_resolv_conf(&self, pod: &Pod) -> Result<Option<std::path::PathBuf>> {
         let conf = crate::dns::plan_resolv_conf(
@@ -602,7 +657,14 @@ impl Kubelet {
                     .map_err(|e| anyhow!(e))
             })
             .and_then(|mut spec| {
+                let env = self.kubernetes_env.as_deref().ok_or_else(|| {
+                    anyhow!(
+                        "the kubernetes Service has not been read yet (its variables are missing)"
+                    )
+                })?;
+                plan::add_env(&mut spec.env, env);
                 spec.resolv_conf = self.write_resolv_conf(pod)?;
+                spec.service_account = self.write_service_account(pod)?;
                 Ok(spec)
             });
         let log = self

@@ -36,6 +36,18 @@ pub struct Config {
     pub cluster_domain: String,
     /// The node's resolver configuration (kubelet's `--resolv-conf`), as read at start.
     pub node_resolv_conf: dns::ResolvConf,
+    /// The credentials every pod gets at [`plan::SERVICE_ACCOUNT_DIR`] (unless it opts
+    /// out); `None`: none.
+    pub service_account: Option<ServiceAccount>,
+}
+
+/// What pods get as their service account: kubelet's projected token volume, simplified
+/// to one token for every pod (the lab has no TokenRequest API) and the cluster's CA
+/// (kubelet takes it from the `kube-root-ca.crt` ConfigMap).
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    pub token_file: std::path::PathBuf,
+    pub ca_file: std::path::PathBuf,
 }
 
 /// Runs this node's kubelet (inside the node's network namespace) until the pod watch

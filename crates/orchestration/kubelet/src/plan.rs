@@ -326,6 +326,67 @@ pub struct ProcessSpec {
     /// Bind-mounted over `/etc/resolv.conf` in the process's own mount namespace (the
     /// pod's DNS settings, [`crate::dns`]); `None`: the node's file.
     pub resolv_conf: Option<PathBuf>,
+    /// A directory bind-mounted (read-only) at [`SERVICE_ACCOUNT_DIR`] in the same mount
+    /// namespace: the pod's `token`, `ca.crt` and `namespace`; `None`: nothing mounted.
+    pub service_account: Option<PathBuf>,
+}
+
+/// Where a container finds its service account's credentials (client-go's and kube's
+/// in-cluster configuration read them there).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Whether the pod gets its service account's credentials: unless
+/// `automountServiceAccountToken: false` (the lab has no ServiceAccount objects, whose own
+/// field the pod's would override).
+pub fn mounts_service_account(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.automount_service_account_token)
+        != Some(false)
+}
+
+/// The environment kubelet gives every container for the `kubernetes` Service in
+/// `default` (how in-cluster clients find the API): `KUBERNETES_SERVICE_HOST` (its cluster
+/// IP), `KUBERNETES_SERVICE_PORT` (its first port) and one `KUBERNETES_SERVICE_PORT_<NAME>`
+/// per named port. Nothing for a Service without a cluster IP or port.
+pub fn plan_kubernetes_env(svc: &k8s_openapi::api::core::v1::Service) -> Vec<(String, String)> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let ip = spec.cluster_ip.as_deref().unwrap_or("");
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ip.is_empty() || ip == "None" || ports.is_empty() {
+        return Vec::new();
+    }
+    let mut env = vec![
+        ("KUBERNETES_SERVICE_HOST".to_string(), ip.to_string()),
+        (
+            "KUBERNETES_SERVICE_PORT".to_string(),
+            ports[0].port.to_string(),
+        ),
+    ];
+    for p in ports {
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            env.push((
+                format!(
+                    "KUBERNETES_SERVICE_PORT_{}",
+                    name.to_ascii_uppercase().replace('-', "_")
+                ),
+                p.port.to_string(),
+            ));
+        }
+    }
+    env
+}
+
+/// Adds `extra` to a container's environment where the container does not set the name
+/// itself (its own `env` wins, as over kubelet's Service variables).
+pub fn add_env(env: &mut Vec<(String, String)>, extra: &[(String, String)]) {
+    for (k, v) in extra {
+        if !env.iter().any(|(name, _)| name == k) {
+            env.push((k.clone(), v.clone()));
+        }
+    }
 }
 
 /// Pure: how to run one container. `podnet/echo` runs the built-in echo server; any other
@@ -394,6 +455,7 @@ pub fn plan_process(
             env,
             cwd,
             resolv_conf: None,
+            service_account: None,
         });
     }
     let mut argv = container
@@ -415,6 +477,7 @@ pub fn plan_process(
         env,
         cwd,
         resolv_conf: None,
+        service_account: None,
     })
 }
 
@@ -1018,6 +1081,47 @@ mod tests {
             s.join(";"),
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=cid;K8S_POD_UID=1b4e28ba-2fa1-11d2-883f-0016d3cca427"
         );
+    }
+
+    #[test]
+    fn kubernetes_service_env_and_automount() {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.1",
+                     "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}}))
+        .unwrap();
+        let env = plan_kubernetes_env(&svc);
+        assert_eq!(
+            env,
+            [
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "443"),
+                ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let headless: k8s_openapi::api::core::v1::Service = serde_json::from_value(
+            json!({"spec": {"clusterIP": "None", "ports": [{"port": 443}]}}),
+        )
+        .unwrap();
+        assert!(plan_kubernetes_env(&headless).is_empty());
+
+        // The container's own value wins.
+        let mut mine = vec![("KUBERNETES_SERVICE_HOST".to_string(), "1.2.3.4".to_string())];
+        add_env(&mut mine, &env);
+        assert_eq!(mine[0].1, "1.2.3.4");
+        assert_eq!(mine.len(), 3);
+
+        let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).unwrap() };
+        assert!(mounts_service_account(&pod(
+            json!({"spec": {"containers": []}})
+        )));
+        assert!(mounts_service_account(&pod(
+            json!({"spec": {"automountServiceAccountToken": true, "containers": []}})
+        )));
+        assert!(!mounts_service_account(&pod(
+            json!({"spec": {"automountServiceAccountToken": false, "containers": []}})
+        )));
     }
 
     #[test]

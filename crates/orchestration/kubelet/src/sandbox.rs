@@ -103,13 +103,14 @@ pub fn start_process(
     let exits = exits.clone();
     let program = spec.program.clone();
     let resolv_conf = spec.resolv_conf.clone();
+    let service_account = spec.service_account.clone();
     std::thread::Builder::new()
         .name("container-reaper".into())
         .spawn(move || {
             let spawned = (|| -> Result<std::process::Child> {
                 let _inside = fd.as_ref().map(netns::enter).transpose()?;
-                if let Some(file) = &resolv_conf {
-                    private_resolv_conf(file)?;
+                if resolv_conf.is_some() || service_account.is_some() {
+                    private_mounts(resolv_conf.as_deref(), service_account.as_deref())?;
                 }
                 cmd.spawn()
                     .with_context(|| format!("starting {}", program.display()))
@@ -139,12 +140,20 @@ pub fn start_process(
 }
 
 /// Gives the calling thread its own mount namespace (which its children inherit) in which
-/// `file` is bind-mounted over `/etc/resolv.conf` — what `ip netns exec` does with
-/// `/etc/netns/NAME/resolv.conf`. Mounts below `/` become slaves first, so nothing done
-/// here propagates back to the node. The thread must not be reused afterwards: the
-/// container thread only spawns and reaps.
-fn private_resolv_conf(file: &Path) -> Result<()> {
+/// `resolv_conf` (if any) is bind-mounted over `/etc/resolv.conf` — what `ip netns exec`
+/// does with `/etc/netns/NAME/resolv.conf` — and `service_account` (if any), a directory,
+/// read-only at [`crate::plan::SERVICE_ACCOUNT_DIR`]. Mounts below `/` become slaves
+/// first, so nothing done here propagates back to the node. The service account's mount
+/// point is made on the node when missing: an empty directory under `/run` (a tmpfs), which
+/// stays empty there — a container's filesystem is the node's, with no image to hold it.
+/// The thread must not be reused afterwards: the container thread only spawns and reaps.
+pub fn private_mounts(resolv_conf: Option<&Path>, service_account: Option<&Path>) -> Result<()> {
     use nix::mount::{MsFlags, mount};
+    let sa_target = Path::new(crate::plan::SERVICE_ACCOUNT_DIR);
+    if service_account.is_some() {
+        std::fs::create_dir_all(sa_target)
+            .with_context(|| format!("creating the mount point {}", sa_target.display()))?;
+    }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("unshare a mount namespace for the container")?;
     mount(
@@ -155,14 +164,36 @@ fn private_resolv_conf(file: &Path) -> Result<()> {
         None::<&str>,
     )
     .context("make / a slave mount")?;
-    mount(
-        Some(file),
-        "/etc/resolv.conf",
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .with_context(|| format!("bind-mount {} over /etc/resolv.conf", file.display()))?;
+    if let Some(file) = resolv_conf {
+        mount(
+            Some(file),
+            "/etc/resolv.conf",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mount {} over /etc/resolv.conf", file.display()))?;
+    }
+    if let Some(dir) = service_account {
+        let what = || format!("bind-mount {} at {}", dir.display(), sa_target.display());
+        mount(
+            Some(dir),
+            sa_target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(what)?;
+        // A bind mount takes its read-only flag only from a remount.
+        mount(
+            None::<&str>,
+            sa_target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(what)?;
+    }
     Ok(())
 }
 
@@ -309,6 +340,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             resolv_conf: Some(file),
+            service_account: None,
         };
         let exits = ExitLog::default();
         let log = tmp.path().join("c.log");
@@ -336,6 +368,42 @@ mod tests {
     }
 
     #[test]
+    fn a_container_sees_its_service_account_read_only_and_the_node_does_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sa = tmp.path().join("serviceaccount");
+        std::fs::create_dir(&sa).unwrap();
+        std::fs::write(sa.join("token"), "tok").unwrap();
+        std::fs::write(sa.join("namespace"), "default").unwrap();
+        let dir = crate::plan::SERVICE_ACCOUNT_DIR;
+        let spec = ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                format!(
+                    "cat {dir}/token {dir}/namespace; touch {dir}/x 2>/dev/null && echo rw || echo ro"
+                ),
+            ],
+            env: vec![("PATH".into(), crate::plan::CONTAINER_PATH.into())],
+            cwd: "/".into(),
+            resolv_conf: None,
+            service_account: Some(sa.clone()),
+        };
+        let exits = ExitLog::default();
+        let log = tmp.path().join("c.log");
+        let p = start_process(None, &spec, &log, &exits).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while exits.peek(p.pid).is_none() {
+            assert!(Instant::now() < until, "sh did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(exits.take(p.pid), Some(0));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "tokdefaultro\n");
+        assert!(!sa.join("x").exists());
+        // The node sees only the (empty) mount point.
+        assert!(!Path::new(dir).join("token").exists());
+    }
+
+    #[test]
     fn process_lifecycle_and_exit_codes() {
         let tmp = tempfile::tempdir().unwrap();
         let exits = ExitLog::default();
@@ -345,6 +413,7 @@ mod tests {
             env: vec![("GREETING".into(), "hello".into())],
             cwd: "/".into(),
             resolv_conf: None,
+            service_account: None,
         };
         let log = tmp.path().join("c.log");
         // Exits on its own with a code; output lands in the log.
@@ -386,6 +455,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             resolv_conf: None,
+            service_account: None,
         };
         let p = start_process(None, &spec, &tmp.path().join("l"), &exits).unwrap();
         std::thread::sleep(Duration::from_millis(100));
@@ -404,6 +474,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             resolv_conf: None,
+            service_account: None,
         };
         let err =
             start_process(None, &spec, &tmp.path().join("l"), &ExitLog::default()).unwrap_err();

@@ -67,6 +67,7 @@ async fn pods_run_survive_a_restart_and_go_away() {
         cluster_dns: vec![],
         cluster_domain: "cluster.local".into(),
         node_resolv_conf: Default::default(),
+        service_account: None,
     };
     let kubelet = tokio::spawn(podnet_kubelet::run(cfg.clone(), client.clone()));
 
@@ -159,6 +160,7 @@ async fn graceful_deletion_sigterm_then_sigkill_at_the_grace() {
         cluster_dns: vec![],
         cluster_domain: "cluster.local".into(),
         node_resolv_conf: Default::default(),
+        service_account: None,
     };
     let kubelet = tokio::spawn(podnet_kubelet::run(cfg, client.clone()));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

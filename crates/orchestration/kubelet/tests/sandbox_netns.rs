@@ -163,6 +163,7 @@ fn sandbox_lifecycle_leaves_nothing() {
         env: vec![("PATH".into(), plan::CONTAINER_PATH.into())],
         cwd: "/".into(),
         resolv_conf: None,
+        service_account: None,
     };
     let p = sandbox::start_process(Some(&spec.netns_path()), &proc_spec, &log, &exits).unwrap();
     assert!(sandbox::is_alive(p.pid, p.start_ticks));

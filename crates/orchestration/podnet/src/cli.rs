@@ -32,6 +32,8 @@ enum Cmd {
     },
     /// The node agent: routes to other nodes' pods (host-gw or VXLAN), masquerade, CNI config.
     Agent(crate::roles::AgentArgs),
+    /// The cluster DNS server (Kubernetes DNS schema 1.1.0), forwarding other names.
+    Dns(crate::roles::DnsArgs),
     /// The lab's control plane: the Kubernetes API subset podnet needs, with controllers.
     Apiserver(crate::roles::ApiServerArgs),
     /// The lab's pod runtime for one node (what kubelet and a container runtime do).
@@ -146,6 +148,7 @@ pub fn run() -> Result<()> {
         Cmd::ReapLink { name } => crate::cni::bridge::reap(&name),
         Cmd::Lab { cmd } => crate::lab::run(cmd),
         Cmd::Agent(a) => crate::roles::agent(a),
+        Cmd::Dns(a) => crate::roles::dns(a),
         Cmd::Apiserver(a) => crate::roles::apiserver(a),
         Cmd::Kubelet(a) => crate::roles::kubelet(a),
         Cmd::Echo => podnet_kubelet::echo::run_from_env(),

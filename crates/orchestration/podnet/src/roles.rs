@@ -1,5 +1,6 @@
 //! Orchestration: the long-running roles of the one binary — `podnet apiserver` (the lab's
 //! control plane), `podnet agent` (per node), `podnet kubelet` (the lab's pod runtime),
+//! `podnet dns` (the cluster DNS server),
 //! `podnet echo` (the built-in workload). Each parses its flags and hands over to its crate.
 
 use anyhow::{Context, Result};
@@ -21,46 +22,129 @@ pub struct ApiServerArgs {
     /// Addresses for LoadBalancer Services (`status.loadBalancer.ingress`).
     #[arg(long, default_value = podnet_apiserver::DEFAULT_LOAD_BALANCER_POOL)]
     load_balancer_pool: ipnet::IpNet,
+    /// The address clients reach this server at: published, with the listening port, as
+    /// the `kubernetes` Service in `default` and its EndpointSlice (kube-apiserver's
+    /// `--advertise-address`). Absent: no such Service.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    /// Serve HTTPS with this certificate chain (PEM, serving certificate first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Static bearer tokens, one `token,user[,uid,"groups"]` per line (kube-apiserver's
+    /// `--token-auth-file`); requests without a known one get 401. Absent: no
+    /// authentication.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
+/// How a role reaches the Kubernetes API. `--server` is an API server over plain HTTP
+/// without credentials (tests); `--kubeconfig` a kubeconfig file (its current context: the
+/// lab gives its roles one with its CA and a token); with
+/// neither, `KUBECONFIG` or `~/.kube/config` if there is one, else the pod's service account
+/// (in-cluster: `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`, the token and CA under
+/// `/var/run/secrets/kubernetes.io/serviceaccount/`), as `kube::Config::infer` does.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ApiArgs {
+    /// API server URL, plain HTTP without credentials (e.g. http://127.0.0.1:6443).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub server: Option<String>,
+    /// A kubeconfig file; its current context is used.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The API client these options name. Only reads files: nothing is sent yet.
+    pub async fn client(&self) -> Result<kube::Client> {
+        if let Some(url) = &self.server {
+            return crate::lab::client(url);
+        }
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("read kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .with_context(|| format!("kubeconfig {}", path.display()))?
+            }
+            None => kube::Config::infer().await.context(
+                "no --server or --kubeconfig, no kubeconfig file and no in-cluster service account",
+            )?,
+        };
+        kube::Client::try_from(config).context("API client")
+    }
+}
+
+/// `podnet agent`. The settings a cluster's ConfigMap holds (deploy/11-agent-config.yaml) are
+/// also read from the environment variables named here (`PODNET_*`); a flag wins.
 #[derive(Args)]
 pub struct AgentArgs {
-    /// API server URL (e.g. http://172.18.0.2:6443).
-    #[arg(long)]
-    server: String,
+    #[command(flatten)]
+    api: ApiArgs,
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    #[arg(long, default_value = "host-gw", value_parser = ["host-gw", "vxlan"])]
+    #[arg(long, env = "PODNET_MODE", default_value = "host-gw", value_parser = ["host-gw", "vxlan"])]
     mode: String,
-    #[arg(long, default_value = "10.244.0.0/16")]
+    #[arg(long, env = "PODNET_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
     cluster_cidr: ipnet::Ipv4Net,
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
     #[arg(long, default_value = "/var/lib/cni/podnet")]
     cni_data_dir: PathBuf,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, env = "PODNET_UNDERLAY_MTU", default_value_t = 1500)]
     underlay_mtu: u32,
     #[arg(long, default_value = "0.0.0.0:9102")]
     metrics_addr: SocketAddr,
     /// Full resync period, seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "PODNET_RESYNC", default_value_t = 60)]
     resync: u64,
     /// Program Services on nf_tables (kube-proxy replacement); `false` leaves them to
     /// kube-proxy.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "PODNET_PROXY_SERVICES", default_value_t = true, action = clap::ArgAction::Set)]
     proxy_services: bool,
     /// Enforce NetworkPolicy on nf_tables (table `ip podnet-policy`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "PODNET_ENFORCE_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
     enforce_policy: bool,
     /// The cluster IP range: off-cluster clients of cluster IPs are masqueraded.
-    #[arg(long, default_value = "10.96.0.0/12")]
+    #[arg(long, env = "PODNET_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
 }
 
 #[derive(Args)]
+pub struct DnsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// UDP and TCP address to serve DNS on.
+    #[arg(long, default_value = "0.0.0.0:53")]
+    listen: SocketAddr,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    zone: String,
+    /// Where names outside the zone go: IP or IP:PORT, tried in order (repeatable).
+    /// Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "upstream", value_parser = podnet_dns_server::forward::parse_upstream)]
+    upstreams: Vec<SocketAddr>,
+    /// /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:9153")]
+    metrics_addr: SocketAddr,
+    /// TTL of the zone's records, seconds.
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Forwarded answers kept in the cache.
+    #[arg(long, default_value_t = 10_000)]
+    cache_size: usize,
+    /// UDP worker threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    udp_workers: usize,
+}
+
+#[derive(Args)]
 pub struct KubeletArgs {
-    #[arg(long)]
-    server: String,
+    #[command(flatten)]
+    api: ApiArgs,
     #[arg(long)]
     node_name: String,
     #[arg(long)]
@@ -85,6 +169,13 @@ pub struct KubeletArgs {
     /// The node's resolver configuration, the base of `dnsPolicy: Default` pods.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// The bearer token every pod gets as `token` in
+    /// /var/run/secrets/kubernetes.io/serviceaccount/ (with `--service-account-ca-file`).
+    #[arg(long, requires = "service_account_ca_file")]
+    service_account_token_file: Option<PathBuf>,
+    /// The cluster's CA certificate, the pods' `ca.crt`.
+    #[arg(long, requires = "service_account_token_file")]
+    service_account_ca_file: Option<PathBuf>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -108,14 +199,28 @@ pub fn apiserver(a: ApiServerArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listen on {}", a.listen))?;
+        let tokens = a
+            .token_file
+            .as_deref()
+            .map(podnet_apiserver::Tokens::read)
+            .transpose()?;
+        let port = listener.local_addr()?.port();
         let config = podnet_apiserver::Config {
             cluster_cidr: a.cluster_cidr,
             node_cidr_prefix: a.node_cidr_prefix,
             service_cidr: a.service_cidr,
             load_balancer_pool: Some(a.load_balancer_pool),
+            advertise: a.advertise_address.map(|ip| SocketAddr::new(ip, port)),
+            tokens,
             ..Default::default()
         };
-        podnet_apiserver::serve(listener, config).await
+        match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = podnet_apiserver::tls_server_config(cert, key)?;
+                podnet_apiserver::serve_tls(listener, config, tls).await
+            }
+            _ => podnet_apiserver::serve(listener, config).await,
+        }
     })
 }
 
@@ -138,7 +243,7 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         service_cidr: Some(a.service_cidr),
     };
     runtime()?.block_on(async move {
-        let client = crate::lab::client(&a.server)?;
+        let client = a.api.client().await?;
         podnet_agent::run(config, client).await
     })
 }
@@ -160,9 +265,40 @@ pub fn kubelet(a: KubeletArgs) -> Result<()> {
         node_resolv_conf: podnet_kubelet::dns::ResolvConf::parse(
             &std::fs::read_to_string(&a.resolv_conf).unwrap_or_default(),
         ),
+        service_account: a
+            .service_account_token_file
+            .zip(a.service_account_ca_file)
+            .map(|(token_file, ca_file)| podnet_kubelet::ServiceAccount {
+                token_file,
+                ca_file,
+            }),
     };
     runtime()?.block_on(async move {
-        let client = crate::lab::client(&a.server)?;
+        let client = a.api.client().await?;
         podnet_kubelet::run(config, client).await
+    })
+}
+
+pub fn dns(a: DnsArgs) -> Result<()> {
+    init_logging();
+    let upstreams = if a.upstreams.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        podnet_dns_server::forward::upstreams_from_resolv_conf(&conf)
+    } else {
+        a.upstreams
+    };
+    let config = podnet_dns_server::Config {
+        listen: a.listen,
+        zone: a.zone,
+        upstreams,
+        metrics_addr: a.metrics_addr,
+        ttl: a.ttl,
+        cache_size: a.cache_size,
+        udp_workers: a.udp_workers,
+        ..Default::default()
+    };
+    runtime()?.block_on(async move {
+        let client = a.api.client().await?;
+        podnet_dns_server::run(config, client).await
     })
 }

@@ -92,8 +92,13 @@ fn lab_proves_the_model(mode: &str, tag: &str) {
         "{check}"
     );
     // 6 pods: 36 pod→pod, 2×6 node→pod, 1 localhost, 6 external; Services: 8 sources ×
-    // 2 cluster IPs (one without endpoints, refused), the node port on 2 nodes.
-    assert!(check.contains("73 probes"), "{check}");
+    // 2 cluster IPs (one without endpoints, refused), the node port on 2 nodes; DNS: 6 pods
+    // × 4 names (echo, nobody, kube-dns.kube-system, www.external.test).
+    assert!(check.contains("97 probes"), "{check}");
+    assert!(
+        check.contains("✓ kube-dns.kube-system  ✓ www.external.test"),
+        "{check}"
+    );
     assert!(
         check.contains("node port 30080 on every node") && check.contains("default/nobody:80"),
         "{check}"
@@ -600,11 +605,15 @@ fn services_policies_affinity_and_hairpin_in_the_lab() {
     ] {
         assert!(!dump.contains(absent), "{absent} programmed:\n{dump}");
     }
+    // Plain ports dispatch to the shared pickers (one per endpoint count); only the
+    // ClientIP-affinity port has chains of its own. internalTrafficPolicy Local picks
+    // among this node's endpoints; externalTrafficPolicy Local's node port too.
+    let local_pick = format!("{} . tcp . 80 : goto local-pick-", vips["itp"]);
     for want in [
         "table ip podnet-services",
         "chain svc-default/sticky/tcp",
-        "chain local-default/local/tcp",
-        "tcp . 30090 : goto ext-default/local/tcp",
+        &local_pick,
+        "tcp . 30090 : goto ext-nodeport-local-",
     ] {
         assert!(dump.contains(want), "{want} missing in\n{dump}");
     }
@@ -785,8 +794,8 @@ fn sctp_services_in_the_lab() {
     // The programmed table names the SCTP port.
     let dump = lab.ok(&["services", "--node", "node-1"]);
     for want in [
-        "chain svc-default/sctp/sctp/assoc",
-        "sctp . 30132 : goto ext-default/sctp/sctp/assoc",
+        "sctp . 80 : goto pick-2",
+        "sctp . 30132 : goto ext-nodeport-pick-2",
         "sctp . 80 : goto reject-service",
     ] {
         assert!(dump.contains(want), "{want} missing in\n{dump}");
@@ -1078,6 +1087,8 @@ fn network_policy_in_the_lab() {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (f.len() == 3).then(|| (f[0].to_string(), (f[1].to_string(), f[2].to_string())))
             })
+            // The lab's cluster DNS pods (kube-system) are not part of this scenario.
+            .filter(|(name, _)| !name.starts_with("podnet-dns-"))
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     wait_for("pods running", || {
@@ -1704,4 +1715,193 @@ fn netpol_cases() -> Vec<NetpolCase> {
             expect: |_, _, from, _, to_ip| from != ("x", "a") || !to_ip.starts_with("10.244.1."),
         },
     ]
+}
+
+const DNS_MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: docs, namespace: shop}
+spec:
+  type: ExternalName
+  externalName: www.external.test
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec:
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  containers: [{name: echo, image: podnet/echo, ports: [{containerPort: 8080}]}]
+";
+
+/// Cluster DNS as a program in a pod meets it: the lab deploys `podnet dns` behind
+/// kube-dns (10.96.0.10); a pod's resolv.conf (written by its kubelet) makes `web.shop`
+/// resolve through the search list; dig (Debian's, a real client) checks SRV, PTR,
+/// CNAME, headless and hostname records, NXDOMAIN versus NODATA, TCP, and a name outside
+/// the cluster forwarded to the external host's resolver (dnsmasq); a new Service is
+/// answered within a second.
+#[test]
+fn cluster_dns_in_the_lab() {
+    let lab = Lab::up("dns", &["--nodes", "2", "--no-workload"]);
+    let out = lab.apply(DNS_MANIFEST);
+    assert!(out.status.success(), "{}", text(&out));
+    let pods = || listing(&lab, "pods", ".status.phase");
+    wait_for("client running", || {
+        pods().get("client").is_some_and(|p| p == "Running")
+    });
+    let exec = |cmd: &[&str]| -> (bool, String) {
+        let out = lab.run(&[&["exec", "--pod", "default/client", "--"], cmd].concat());
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let kget = |ns: &str, what: &str, name: &str, field: &str| {
+        lab.ok(&[
+            "kubectl",
+            "--",
+            "get",
+            what,
+            name,
+            "-n",
+            ns,
+            "-o",
+            &format!("jsonpath={{{field}}}"),
+        ])
+        .trim()
+        .to_string()
+    };
+    let web_ip = kget("shop", "service", "web", ".spec.clusterIP");
+    wait_for("shop pods running", || {
+        kget("shop", "pod", "db-0", ".status.phase") == "Running"
+            && kget("shop", "pod", "web-1", ".status.phase") == "Running"
+    });
+    let db_ip = kget("shop", "pod", "db-0", ".status.podIP");
+
+    // The pod's resolver configuration is kubelet's.
+    let (ok, resolv) = exec(&["cat", "/etc/resolv.conf"]);
+    assert!(ok);
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+
+    // glibc's resolver through the search list (A after an AAAA NODATA).
+    let getent = |name: &str| exec(&["getent", "hosts", name]).1;
+    wait_for("web.shop resolves", || {
+        getent("web.shop").starts_with(&web_ip)
+    });
+    assert!(getent("kube-dns.kube-system").starts_with("10.96.0.10 "));
+    assert!(
+        getent("db-0.db.shop").starts_with(&db_ip),
+        "hostname.subdomain"
+    );
+    assert!(
+        getent("www.external.test").starts_with("172.18.0.200 "),
+        "forwarded"
+    );
+    let (found, _) = exec(&["getent", "hosts", "nosuch.shop"]);
+    assert!(!found);
+
+    let dig = |args: &[&str]| {
+        let mut a = vec!["dig", "@10.96.0.10", "+time=2", "+tries=2"];
+        a.extend_from_slice(args);
+        exec(&a).1
+    };
+    // SRV for a named port: ClusterIP → the Service name; headless → each endpoint.
+    let srv = dig(&["+short", "SRV", "_http._tcp.web.shop.svc.cluster.local"]);
+    assert!(srv.ends_with(" 80 web.shop.svc.cluster.local."), "{srv}");
+    // A headless Service's SRV carries the endpoint's port (clients connect to the pod
+    // directly), as CoreDNS answers.
+    let srv = dig(&["+short", "SRV", "_pg._tcp.db.shop.svc.cluster.local"]);
+    assert!(
+        srv.ends_with(" 8080 db-0.db.shop.svc.cluster.local."),
+        "{srv}"
+    );
+    assert_eq!(
+        dig(&["+short", "db.shop.svc.cluster.local"]),
+        db_ip,
+        "headless A"
+    );
+    assert_eq!(
+        dig(&["+short", "-x", &web_ip]),
+        "web.shop.svc.cluster.local.",
+        "PTR"
+    );
+    let cname = dig(&["+short", "docs.shop.svc.cluster.local"]);
+    assert!(
+        cname.starts_with("www.external.test."),
+        "ExternalName: {cname}"
+    );
+    assert_eq!(
+        dig(&["+short", "TXT", "dns-version.cluster.local"]),
+        "\"1.1.0\""
+    );
+    let nx = dig(&["nosuch.shop.svc.cluster.local"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    let nodata = dig(&["AAAA", "web.shop.svc.cluster.local"]);
+    assert!(
+        nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0"),
+        "{nodata}"
+    );
+    let empty_non_terminal = dig(&["shop.svc.cluster.local"]);
+    assert!(
+        empty_non_terminal.contains("status: NOERROR"),
+        "{empty_non_terminal}"
+    );
+    assert_eq!(
+        dig(&["+tcp", "+short", "web.shop.svc.cluster.local"]),
+        web_ip,
+        "TCP"
+    );
+
+    // A new Service is answered within a second of its creation (printed; bound 5 s).
+    let created = Instant::now();
+    let out = lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: shop}\nspec:\n  selector: {app: web}\n  ports: [{port: 81, targetPort: 8080}]\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let late_ip = kget("shop", "service", "late", ".spec.clusterIP");
+    let mut answered = None;
+    while created.elapsed() < Duration::from_secs(5) {
+        if dig(&["+short", "late.shop.svc.cluster.local"]) == late_ip {
+            answered = Some(created.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answered = answered.expect("late.shop never answered");
+    println!("new Service answered after {} ms", answered.as_millis());
 }

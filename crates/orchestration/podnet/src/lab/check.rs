@@ -8,13 +8,18 @@
 //! - Services: every pod and node reaches each Service's cluster IP and is answered by one
 //!   of its endpoints (a pod client keeps its own IP; the one case it cannot — a pod
 //!   reaching itself — arrives masqueraded as its node), the external host reaches each
-//!   node port on every node, and a Service without endpoints refuses at once.
+//!   node port on every node, and a Service without endpoints refuses at once;
+//! - cluster DNS: in every pod, `getent hosts` (glibc's resolver, through the resolv.conf
+//!   the pod's kubelet wrote) resolves each Service by its short or `name.namespace` form
+//!   to its cluster IP, and a name of the outside world through the cluster DNS's
+//!   forwarding.
 //!
 //! Probes are TCP connections to the echo workload, which answers with the pod it is and
 //! the peer address it saw. Each probe runs from a thread inside the source's network
 //! namespace; pod namespaces are found by the address on their interface, so the check
 //! depends on nothing but the kernel and the API.
 
+use super::dns;
 use super::net::namespaces_with_prefix;
 use super::status::node_ip;
 use super::topology::{ECHO_PORT, EXTERNAL_IP, Topology};
@@ -34,6 +39,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 struct PodInfo {
+    uid: String,
     name: String,
     ip: Ipv4Addr,
     node: String,
@@ -133,7 +139,15 @@ pub fn run(t: &Topology) -> Result<()> {
     })?;
     let by_ip = pod_namespaces_by_ip(&t.pod_netns_prefix);
     let mut infos = Vec::new();
-    for p in &pods {
+    // The model is proven with the echo workload (it reports what it saw); other pods —
+    // the cluster DNS among them — are checked by what they serve (DNS below).
+    let echo_pods = pods.iter().filter(|p| {
+        p.spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .any(|c| podnet_kubelet::plan::is_echo_image(c.image.as_deref().unwrap_or_default()))
+    });
+    for p in echo_pods {
         let name = format!(
             "{}/{}",
             p.metadata.namespace.as_deref().unwrap_or("default"),
@@ -165,6 +179,7 @@ pub fn run(t: &Topology) -> Result<()> {
             })
             .collect();
         infos.push(PodInfo {
+            uid: p.metadata.uid.clone().unwrap_or_default(),
             name,
             ip,
             node: p
@@ -308,6 +323,14 @@ pub fn run(t: &Topology) -> Result<()> {
             .collect()
     });
     let all: Vec<&Probe> = done.iter().flatten().collect();
+    let lookups = if services.iter().any(|s| {
+        s.metadata.name.as_deref() == Some("kube-dns")
+            && s.metadata.namespace.as_deref() == Some("kube-system")
+    }) {
+        dns_lookups(t, &infos, &svcs)
+    } else {
+        Vec::new()
+    };
 
     // Report.
     println!("PODS");
@@ -391,20 +414,47 @@ pub fn run(t: &Topology) -> Result<()> {
             }
         }
     }
-    let failures: Vec<String> = all.iter().filter_map(|p| p.failure()).collect();
+    if !lookups.is_empty() {
+        println!(
+            "\ncluster DNS  (getent hosts NAME in each pod, through the resolv.conf its kubelet wrote: \
+             ✓ = the Service's cluster IP, or the external host for {})",
+            dns::EXTERNAL_ZONE
+        );
+        for src in &infos {
+            let row: Vec<String> = lookups
+                .iter()
+                .filter(|l| l.from == src.name)
+                .map(|l| format!("{} {}", if l.ok() { "✓" } else { "✗" }, l.name))
+                .collect();
+            println!("  {:<28}{}", src.name, row.join("  "));
+        }
+    }
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|p| p.failure())
+        .chain(lookups.iter().filter(|l| !l.ok()).map(|l| {
+            format!(
+                "{}: getent hosts {}: {} (want {})",
+                l.from,
+                l.name,
+                match &l.result {
+                    Ok(ip) => ip.to_string(),
+                    Err(e) => e.clone(),
+                },
+                l.want
+            )
+        }))
+        .collect();
+    let checks = all.len() + lookups.len();
     println!();
     if failures.is_empty() {
-        println!("lab check: all {} probes passed", all.len());
+        println!("lab check: all {checks} probes passed");
         Ok(())
     } else {
         for f in &failures {
             println!("FAILED {f}");
         }
-        bail!(
-            "lab check: {} of {} probes failed",
-            failures.len(),
-            all.len()
-        )
+        bail!("lab check: {} of {checks} probes failed", failures.len())
     }
 }
 
@@ -423,6 +473,95 @@ impl ServiceTarget {
     fn label(&self) -> String {
         format!("{}:{}", self.name.trim_start_matches("svc "), self.port)
     }
+}
+
+/// One name resolved inside one pod.
+struct Lookup {
+    from: String,
+    name: String,
+    want: Ipv4Addr,
+    result: Result<Ipv4Addr, String>,
+}
+
+impl Lookup {
+    fn ok(&self) -> bool {
+        self.result.as_ref().is_ok_and(|ip| *ip == self.want)
+    }
+}
+
+/// From every pod, in parallel: each probed Service by the name a program in that pod
+/// would use (`echo` in its own namespace, `echo.default` from another), `kube-dns` of
+/// `kube-system`, and a name of the outside world (forwarded by the cluster DNS to the
+/// external host's resolver). `getent` is glibc's resolver: search list, ndots, A and
+/// AAAA questions, as any program in a pod.
+fn dns_lookups(t: &Topology, infos: &[PodInfo], svcs: &[ServiceTarget]) -> Vec<Lookup> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = infos
+            .iter()
+            .map(|pod| {
+                s.spawn(move || {
+                    let pod_ns = pod.name.split('/').next().unwrap_or("default");
+                    let mut names: Vec<(String, Ipv4Addr)> = svcs
+                        .iter()
+                        .filter_map(|svc| {
+                            let (ns, name) = svc.name.strip_prefix("svc ")?.split_once('/')?;
+                            let name = if ns == pod_ns {
+                                name.to_string()
+                            } else {
+                                format!("{name}.{ns}")
+                            };
+                            Some((name, svc.cluster_ip))
+                        })
+                        .collect();
+                    names.push(("kube-dns.kube-system".into(), dns::CLUSTER_DNS_IP));
+                    names.push((format!("www.{}", dns::EXTERNAL_ZONE), EXTERNAL_IP));
+                    names
+                        .into_iter()
+                        .map(|(name, want)| Lookup {
+                            from: pod.name.clone(),
+                            result: getent(t, pod, &name),
+                            name,
+                            want,
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("lookup thread"))
+            .collect()
+    })
+}
+
+fn getent(t: &Topology, pod: &PodInfo, name: &str) -> Result<Ipv4Addr, String> {
+    let dir = super::pod_dir(t, &pod.node, &pod.uid).map_err(|e| format!("{e:#}"))?;
+    let mut cmd = std::process::Command::new("getent");
+    cmd.args(["hosts", name]);
+    let out = super::in_pod(&pod.netns, &dir, cmd, |c| c.output()).map_err(|e| format!("{e:#}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(ip) => ip.parse().map_err(|_| format!("answered {ip:?}")),
+        None => Err(format!(
+            "not found (exit {})",
+            out.status.code().unwrap_or(-1)
+        )),
+    }
+}
+
+fn has_ready_endpoints(slices: &[EndpointSlice], ns: &str, name: &str) -> bool {
+    slices
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .is_some_and(|n| n == name)
+        })
+        .flat_map(|s| &s.endpoints)
+        .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
 }
 
 /// The first TCP port of every Service with a cluster IP, except the API's own
@@ -463,11 +602,18 @@ fn service_targets(
             .flat_map(|s| &s.endpoints)
             .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
             .flat_map(|e| &e.addresses)
-            .filter_map(|a| {
-                let ip: Ipv4Addr = a.parse().ok()?;
-                infos.iter().find(|i| i.ip == ip).map(|i| i.name.clone())
+            .map(|a| {
+                let ip: Option<Ipv4Addr> = a.parse().ok();
+                infos
+                    .iter()
+                    .find(|i| Some(i.ip) == ip)
+                    .map(|i| i.name.clone())
             })
-            .collect();
+            .collect::<Option<Vec<String>>>()
+            .unwrap_or_default();
+        if endpoints.is_empty() && has_ready_endpoints(slices, ns, name) {
+            continue; // served by pods that are not echo servers (e.g. kube-dns)
+        }
         if endpoints.is_empty() && spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
             continue; // no selector: endpoints managed elsewhere (e.g. `kubernetes`)
         }

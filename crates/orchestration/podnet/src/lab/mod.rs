@@ -9,12 +9,15 @@
 //!
 //! The CLI talks to the lab's API from inside the control-plane namespace (the calling
 //! thread enters it and runs a single-threaded tokio runtime there), so the host's own network namespace
-//! never needs an address, route or forwarded port.
+//! never needs an address, route or forwarded port. Every client — the CLI, kubectl,
+//! kubelets, agents, pods — speaks HTTPS with the lab's CA and a bearer token ([`pki`]).
 
 mod apply;
 mod check;
+pub mod dns;
 mod net;
 pub mod netpol;
+pub mod pki;
 mod state;
 mod status;
 pub mod topology;
@@ -107,6 +110,18 @@ pub enum LabCmd {
         name: String,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run a command inside a pod, as `kubectl exec` does: in the pod's network namespace
+    /// with the resolv.conf its kubelet wrote (arguments after `--`; exits with the
+    /// command's status).
+    Exec {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// `NAMESPACE/NAME`, or `NAME` in `default`.
+        #[arg(long)]
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// List the labs on this machine.
     List,
@@ -223,6 +238,13 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             Ok(())
         }
         LabCmd::Kubectl { name, args } => kubectl(&existing(&name)?, &args),
+        LabCmd::Exec { name, pod, command } => {
+            let code = exec(&existing(&name)?, &pod, &command)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         LabCmd::List => {
             for name in state::list_labs() {
                 let rec = LabRecord::load(&name)?.unwrap_or_default();
@@ -241,7 +263,8 @@ fn existing(name: &str) -> Result<Topology> {
     topology::plan_topology(name, rec.nodes).map_err(anyhow::Error::msg)
 }
 
-/// Runs `f` with a client of the lab's API, from inside the control-plane namespace.
+/// Runs `f` with a client of the lab's API (the admin's kubeconfig: HTTPS, the lab's CA,
+/// a token), from inside the control-plane namespace.
 pub fn with_api<T, F, Fut>(t: &Topology, f: F) -> Result<T>
 where
     F: FnOnce(kube::Client) -> Fut,
@@ -249,24 +272,40 @@ where
 {
     let ns = netns::open(netns::named_path(&t.control_plane.netns))
         .with_context(|| format!("lab {} has no control-plane namespace", t.lab))?;
-    let url = t.api_url();
+    let kubeconfig = state::lab_dir(&t.lab).join("kubeconfig");
     // A current-thread runtime opens every socket on this thread, inside the namespace.
     netns::run_in(&ns, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async {
-            let client = client(&url)?;
+            let client = kubeconfig_client(&kubeconfig).await?;
             f(client).await
         })
     })?
 }
 
+/// A client of an API server at `url` over plain HTTP, without credentials (`--server`).
 pub fn client(url: &str) -> Result<kube::Client> {
-    let mut config = kube::Config::new(url.parse().context("API URL")?);
+    let config = kube::Config::new(url.parse().context("API URL")?);
+    Ok(kube::Client::try_from(with_timeouts(config))?)
+}
+
+/// A client from a kubeconfig file (its current context).
+pub async fn kubeconfig_client(path: &std::path::Path) -> Result<kube::Client> {
+    let file = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("read kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    kube::Client::try_from(with_timeouts(config)).context("API client")
+}
+
+/// Long reads (watches, big lists), quick failure when nothing answers.
+fn with_timeouts(mut config: kube::Config) -> kube::Config {
     config.read_timeout = Some(Duration::from_secs(300));
     config.connect_timeout = Some(Duration::from_secs(5));
-    Ok(kube::Client::try_from(config)?)
+    config
 }
 
 /// `lab down`: stop every process inside the lab's namespaces, delete the namespaces (pods'
@@ -348,6 +387,83 @@ fn agent_services(t: &Topology, node: &str) -> Result<String> {
     Ok(body.to_string())
 }
 
+/// Runs `command` in `pod`'s network namespace (the node's for hostNetwork pods) and, when
+/// its kubelet wrote them, with the pod's resolv.conf and service account directory
+/// bind-mounted in a mount namespace of the command's own — the view the pod's containers
+/// have. Returns the exit status.
+pub fn exec(t: &Topology, pod: &str, command: &[String]) -> Result<i32> {
+    use k8s_openapi::api::core::v1::Pod;
+    let (namespace, pod_name) = pod.split_once('/').unwrap_or(("default", pod));
+    let (namespace, pod_name) = (namespace.to_string(), pod_name.to_string());
+    let p: Pod = with_api(t, |c| async move {
+        Ok(kube::Api::<Pod>::namespaced(c, &namespace)
+            .get(&pod_name)
+            .await?)
+    })
+    .with_context(|| format!("pod {pod}"))?;
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let node = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .with_context(|| format!("pod {pod} is not scheduled"))?;
+    let netns_name = if podnet_kubelet::plan::host_network(&p) {
+        t.workers
+            .iter()
+            .find(|m| m.name == node)
+            .with_context(|| format!("lab {} has no node {node}", t.lab))?
+            .netns
+            .clone()
+    } else {
+        podnet_kubelet::plan::plan_netns_name(&t.pod_netns_prefix, &uid)
+            .map_err(anyhow::Error::msg)?
+    };
+    let (program, args) = command.split_first().context("no command")?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    let status = in_pod(&netns_name, &pod_dir(t, &node, &uid)?, cmd, |c| c.status())
+        .with_context(|| format!("run {program} in pod {pod}"))?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// The pod's state directory on its node, where its kubelet writes `resolv.conf` (absent
+/// for pods that use the node's) and `serviceaccount/` (absent for pods that opt out).
+pub(crate) fn pod_dir(t: &Topology, node: &str, uid: &str) -> Result<std::path::PathBuf> {
+    podnet_kubelet::state::StateDir::new(
+        &state::lab_dir(&t.lab)
+            .join("nodes")
+            .join(node)
+            .join("kubelet"),
+    )
+    .pod_dir(uid)
+}
+
+/// Runs `run(cmd)` from a thread of its own inside network namespace `netns_name`, with
+/// the pod's `resolv.conf` and `serviceaccount/` from `pod_dir` (those that exist)
+/// bind-mounted in a mount namespace of that thread's own, which the command inherits.
+pub(crate) fn in_pod<T: Send + 'static>(
+    netns_name: &str,
+    pod_dir: &std::path::Path,
+    cmd: std::process::Command,
+    run: impl FnOnce(&mut std::process::Command) -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let fd = netns::open(netns::named_path(netns_name))
+        .with_context(|| format!("no network namespace {netns_name} (pod not running?)"))?;
+    let existing = |name: &str| Some(pod_dir.join(name)).filter(|p| p.exists());
+    let resolv = existing("resolv.conf");
+    let service_account = existing("serviceaccount");
+    let mut cmd = cmd;
+    std::thread::spawn(move || -> Result<T> {
+        let _inside = netns::enter(&fd)?;
+        if resolv.is_some() || service_account.is_some() {
+            podnet_kubelet::sandbox::private_mounts(resolv.as_deref(), service_account.as_deref())?;
+        }
+        Ok(run(&mut cmd)?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the pod thread panicked"))?
+}
+
 /// `kubectl` inside the control-plane namespace, with the lab's kubeconfig.
 fn kubectl(t: &Topology, args: &[String]) -> Result<()> {
     let kubeconfig = state::lab_dir(&t.lab).join("kubeconfig");
@@ -364,14 +480,4 @@ fn kubectl(t: &Topology, args: &[String]) -> Result<()> {
         std::process::exit(status.code().unwrap_or(1));
     }
     Ok(())
-}
-
-/// A kubeconfig for the lab's API (plain http, no credentials — the lab's control plane
-/// is reachable only from inside the lab).
-pub fn render_kubeconfig(t: &Topology) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {lab}\n  cluster:\n    server: {url}\ncontexts:\n- name: {lab}\n  context:\n    cluster: {lab}\n    user: {lab}\n    namespace: default\nusers:\n- name: {lab}\n  user: {{}}\ncurrent-context: {lab}\n",
-        lab = t.lab,
-        url = t.api_url()
-    )
 }

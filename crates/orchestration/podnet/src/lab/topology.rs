@@ -62,7 +62,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn api_url(&self) -> String {
-        format!("http://{CONTROL_PLANE_IP}:{API_PORT}")
+        format!("https://{CONTROL_PLANE_IP}:{API_PORT}")
     }
 
     /// Every member, control plane first, external host last.
@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(t.members().count(), 5);
         assert!(t.members().all(|m| m.netns.starts_with(&t.prefix)));
         assert!(t.pod_netns_prefix.starts_with(&t.prefix));
-        assert_eq!(t.api_url(), "http://172.18.0.2:6443");
+        assert_eq!(t.api_url(), "https://172.18.0.2:6443");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use super::net::{
 };
 use super::state::{LabRecord, lab_dir};
 use super::topology::{
-    AGENT_METRICS_PORT, API_PORT, ECHO_PORT, LOAD_BALANCER_POOL, Topology, plan_topology,
+    AGENT_METRICS_PORT, API_PORT, CONTROL_PLANE_IP, ECHO_PORT, LOAD_BALANCER_POOL, Topology,
+    plan_topology,
 };
-use super::{UpArgs, apply, down, render_kubeconfig, status, with_api};
+use super::{UpArgs, apply, dns, down, pki, status, with_api};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -63,7 +64,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
 }
 
 fn step(n: usize, what: &str) {
-    println!("[{n}/5] {what}");
+    println!("[{n}/6] {what}");
 }
 
 fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
@@ -88,7 +89,12 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
     }
     route_external_ranges(t)?;
 
-    step(2, "control plane: API server on 172.18.0.2:6443");
+    step(
+        2,
+        "control plane: API server on https://172.18.0.2:6443 (the lab's CA, bearer tokens)",
+    );
+    let pki = pki::create(t, &dir)?;
+    let p = |p: &Path| p.display().to_string();
     let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
     let pid = spawn_in(
         &t.control_plane.netns,
@@ -97,14 +103,21 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
             "apiserver",
             "--listen",
             &format!("0.0.0.0:{API_PORT}"),
+            "--advertise-address",
+            &CONTROL_PLANE_IP.to_string(),
             "--load-balancer-pool",
             LOAD_BALANCER_POOL,
+            "--tls-cert",
+            &p(&pki.serving_cert()),
+            "--tls-key",
+            &p(&pki.serving_key()),
+            "--token-file",
+            &p(&pki.token_file()),
         ]),
         &[],
         &log("apiserver"),
     )?;
     rec.started("apiserver", &t.control_plane.name, pid)?;
-    std::fs::write(dir.join("kubeconfig"), render_kubeconfig(t))?;
     with_api(t, |c| async move { wait_api(&c).await })?;
 
     step(
@@ -129,14 +142,17 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
             d("cni-cache")?,
             d("kubelet")?,
         );
-        let p = |p: &Path| p.display().to_string();
         let pid = spawn_in(
             &m.netns,
             &exe,
             &args(&[
                 "kubelet",
-                "--server",
-                &t.api_url(),
+                "--kubeconfig",
+                &p(&nd.join("kubelet.kubeconfig")),
+                "--service-account-token-file",
+                &p(&pki.pod_token()),
+                "--service-account-ca-file",
+                &p(&pki.ca_cert()),
                 "--node-name",
                 &m.name,
                 "--node-ip",
@@ -153,6 +169,10 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
                 &p(&kubelet),
                 "--netns-prefix",
                 &t.pod_netns_prefix,
+                "--cluster-dns",
+                &dns::CLUSTER_DNS_IP.to_string(),
+                "--cluster-domain",
+                dns::CLUSTER_DOMAIN,
             ]),
             &[],
             &log(&format!("{}-kubelet", m.name)),
@@ -163,8 +183,8 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
             &exe,
             &args(&[
                 "agent",
-                "--server",
-                &t.api_url(),
+                "--kubeconfig",
+                &p(&nd.join("agent.kubeconfig")),
                 "--node-name",
                 &m.name,
                 "--mode",
@@ -198,11 +218,34 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
         &log("external-echo"),
     )?;
     rec.started("echo", &ext.name, pid)?;
+    let pid = spawn_in(
+        &ext.netns,
+        Path::new("dnsmasq"),
+        &dns::external_resolver_args(),
+        &[],
+        &log("external-dnsmasq"),
+    )
+    .context("the external host's resolver (Debian's dnsmasq: ./scripts/setup installs it)")?;
+    rec.started("dnsmasq", &ext.name, pid)?;
     let workers = t.workers.len();
     with_api(t, |c| async move { wait_nodes(&c, workers).await })?;
 
     step(
         4,
+        &format!(
+            "cluster DNS: kube-dns at {} ({} pods running podnet dns)",
+            dns::CLUSTER_DNS_IP,
+            dns::DNS_REPLICAS
+        ),
+    );
+    let manifests = dns::manifests(&exe);
+    with_api(t, |c| async move {
+        apply::apply(&c, &manifests).await?;
+        wait_pods(&c).await
+    })?;
+
+    step(
+        5,
         if a.no_workload {
             "pods: none (--no-workload)"
         } else {
@@ -216,7 +259,7 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
         })?;
     }
 
-    step(5, "built:");
+    step(6, "built:");
     with_api(t, |c| async move { status::print(&c).await })
 }
 
