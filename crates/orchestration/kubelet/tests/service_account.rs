@@ -102,10 +102,22 @@ async fn pods_get_the_kubernetes_service_and_their_service_account() {
         log_of(&pods, &state, "opted-out").await,
         "10.96.0.1:443\n\n"
     );
+    let mut uids = Vec::new();
     for name in ["mounted", "opted-out"] {
+        uids.push(pods.get(name).await.unwrap().metadata.uid.unwrap());
         pods.delete(name, &DeleteParams::default().grace_period(0))
             .await
             .unwrap();
+    }
+    // The kubelet stops the containers and drops their records before it goes: pods
+    // outlive a kubelet that is simply stopped, and nothing may be left running.
+    let until = Instant::now() + Duration::from_secs(20);
+    while uids.iter().any(|u| state.join("pods").join(u).exists()) {
+        assert!(
+            Instant::now() < until,
+            "the kubelet did not tear the pods down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     kubelet.abort();
     // The node never saw the pod's files.
