@@ -21,6 +21,7 @@
 pub mod health;
 pub mod metrics;
 pub mod ops;
+mod pending;
 pub mod policy;
 pub mod services;
 pub mod sync;

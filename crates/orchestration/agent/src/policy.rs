@@ -17,7 +17,6 @@
 //! once into what planning needs (`PolicyInput`, `PodInput`, `NamespaceInput`) and the
 //! object dropped; no debounce (events arriving during a sync go into the next one).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,6 +32,7 @@ use tokio::sync::Notify;
 
 use crate::RETRY;
 use crate::metrics::Metrics;
+use crate::pending::Pending;
 
 /// The kernel side: one atomic transaction.
 pub trait PolicyOps: Send {
@@ -118,78 +118,15 @@ impl<T: PolicyOps> PolicySyncer<T> {
 /// per object only its latest state, already read into what planning needs.
 #[derive(Debug, Default)]
 pub struct Changes {
-    policies: Pending<PolicyInput>,
-    pods: Pending<PodInput>,
-    namespaces: Pending<NamespaceInput>,
+    policies: Pending<String, PolicyInput>,
+    pods: Pending<String, PodInput>,
+    namespaces: Pending<String, NamespaceInput>,
 }
 
 /// A `Planner::retain_*` method: deletes the objects not kept.
 type Retain = fn(&mut Planner, &dyn Fn(&str) -> bool);
 
-/// One kind's share of [`Changes`].
-#[derive(Debug)]
-struct Pending<I> {
-    /// Object (`ns/name`, a namespace's name) → its latest state (`None`: deleted).
-    latest: HashMap<String, Option<I>>,
-    /// A (re-)list in progress: the objects listed so far.
-    listing: Option<HashSet<String>>,
-    /// A complete list not yet applied: every object not in it is gone (deleted while
-    /// the watch was down). Objects applied after it are added to it.
-    listed: Option<HashSet<String>>,
-    /// Whether a first complete list was seen.
-    ready: bool,
-}
-
-impl<I> Default for Pending<I> {
-    fn default() -> Self {
-        Pending {
-            latest: HashMap::new(),
-            listing: None,
-            listed: None,
-            ready: false,
-        }
-    }
-}
-
-impl<I> Pending<I> {
-    fn event<K>(&mut self, event: watcher::Event<K>, read: impl Fn(&K) -> (String, I)) {
-        match event {
-            watcher::Event::Init => self.listing = Some(HashSet::new()),
-            watcher::Event::InitApply(k) | watcher::Event::Apply(k) => {
-                let (name, input) = read(&k);
-                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
-                    set.insert(name.clone());
-                }
-                self.latest.insert(name, Some(input));
-            }
-            watcher::Event::Delete(k) => {
-                let (name, _) = read(&k);
-                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
-                    set.remove(&name);
-                }
-                self.latest.insert(name, None);
-            }
-            watcher::Event::InitDone => {
-                self.listed = self.listing.take();
-                self.ready = true;
-            }
-        }
-    }
-
-    /// The changes to apply, leaving a list in progress and `ready` here.
-    fn take(&mut self) -> Pending<I> {
-        Pending {
-            latest: std::mem::take(&mut self.latest),
-            listing: None,
-            listed: self.listed.take(),
-            ready: self.ready,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.latest.is_empty() && self.listed.is_none()
-    }
-
+impl<I> Pending<String, I> {
     /// Tells the planner each object's latest state, then the deletions a complete list
     /// implies.
     fn apply_to(

@@ -18,7 +18,6 @@
 //! each transaction (netlink batches built from memory), and one shared endpoint map
 //! instead of an anonymous vmap per service (see podnet-services' `render` for the table).
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -38,6 +37,7 @@ use tokio::sync::Notify;
 
 use crate::RETRY;
 use crate::metrics::Metrics;
+use crate::pending::Pending;
 
 /// The kernel side of the proxy.
 pub trait TransactionOps: Send {
@@ -229,73 +229,8 @@ impl<T: TransactionOps> ServiceSyncer<T> {
 #[derive(Debug)]
 pub struct Changes {
     node: NodeContext,
-    services: Pending<ServiceInput>,
-    slices: Pending<SliceInput>,
-}
-
-/// One kind's share of [`Changes`].
-#[derive(Debug)]
-struct Pending<I> {
-    /// Object → its latest state (`None`: deleted).
-    latest: HashMap<ObjectName, Option<I>>,
-    /// A (re-)list in progress: the objects listed so far.
-    listing: Option<HashSet<ObjectName>>,
-    /// A complete list not yet applied: every object not in it is gone (deleted while
-    /// the watch was down). Objects applied after it are added to it.
-    listed: Option<HashSet<ObjectName>>,
-    /// Whether a first complete list was seen.
-    ready: bool,
-}
-
-impl<I> Default for Pending<I> {
-    fn default() -> Self {
-        Pending {
-            latest: HashMap::new(),
-            listing: None,
-            listed: None,
-            ready: false,
-        }
-    }
-}
-
-impl<I> Pending<I> {
-    fn event<K>(&mut self, event: watcher::Event<K>, read: impl Fn(&K) -> (ObjectName, I)) {
-        match event {
-            watcher::Event::Init => self.listing = Some(HashSet::new()),
-            watcher::Event::InitApply(k) | watcher::Event::Apply(k) => {
-                let (name, input) = read(&k);
-                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
-                    set.insert(name.clone());
-                }
-                self.latest.insert(name, Some(input));
-            }
-            watcher::Event::Delete(k) => {
-                let (name, _) = read(&k);
-                for set in [&mut self.listing, &mut self.listed].into_iter().flatten() {
-                    set.remove(&name);
-                }
-                self.latest.insert(name, None);
-            }
-            watcher::Event::InitDone => {
-                self.listed = self.listing.take();
-                self.ready = true;
-            }
-        }
-    }
-
-    /// The changes to apply, leaving a list in progress and `ready` here.
-    fn take(&mut self) -> Pending<I> {
-        Pending {
-            latest: std::mem::take(&mut self.latest),
-            listing: None,
-            listed: self.listed.take(),
-            ready: self.ready,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.latest.is_empty() && self.listed.is_none()
-    }
+    services: Pending<ObjectName, ServiceInput>,
+    slices: Pending<ObjectName, SliceInput>,
 }
 
 impl Changes {
