@@ -8,7 +8,12 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-use kube::runtime::watcher;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
 
 /// Object name `N` → its latest input `I`, and the list bookkeeping.
 #[derive(Debug)]
@@ -73,5 +78,42 @@ impl<N: Eq + Hash + Clone, I> Pending<N, I> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.latest.is_empty() && self.listed.is_none()
+    }
+}
+
+/// A poisoned lock is still used: the state behind it is replaced whole per event.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Feeds one kind's watch events into `changes` (`read` is the loop's `Changes` method
+/// for the kind) and wakes the sync loop, except in the middle of a list.
+pub(crate) async fn watch<K, C>(
+    api: Api<K>,
+    changes: Arc<Mutex<C>>,
+    notify: Arc<Notify>,
+    read: fn(&mut C, watcher::Event<K>),
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                let wake = !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_));
+                read(&mut lock(&changes), ev);
+                if wake {
+                    notify.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
+        }
     }
 }

@@ -21,18 +21,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use podnet_nft::{Table, Transaction};
 use podnet_policy::{NamespaceInput, Planner, PodInput, PolicyInput, Problem};
 use tokio::sync::Notify;
 
 use crate::RETRY;
 use crate::metrics::Metrics;
-use crate::pending::Pending;
+use crate::pending::{Pending, lock, watch};
 
 /// The kernel side: one atomic transaction.
 pub trait PolicyOps: Send {
@@ -299,41 +298,5 @@ pub async fn run<T: PolicyOps + 'static>(
         () = watch_pods => Err(anyhow::anyhow!("pod watch ended")),
         () = watch_ns => Err(anyhow::anyhow!("namespace watch ended")),
         r = sync_loop => r,
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Feeds one kind's watch events into `changes` (`read` is the kind's [`Changes`] method)
-/// and wakes the sync loop, except in the middle of a list.
-async fn watch<K>(
-    api: Api<K>,
-    changes: Arc<Mutex<Changes>>,
-    notify: Arc<Notify>,
-    read: fn(&mut Changes, watcher::Event<K>),
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => {
-                let wake = !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_));
-                read(&mut lock(&changes), ev);
-                if wake {
-                    notify.notify_one();
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
-        }
     }
 }

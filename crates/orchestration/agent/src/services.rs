@@ -23,12 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use podnet_nft::Transaction;
 use podnet_services::{
     NodeContext, ObjectName, Planner, Problem, Proxy, ProxyConfig, ServiceInput, SliceInput,
@@ -37,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::RETRY;
 use crate::metrics::Metrics;
-use crate::pending::Pending;
+use crate::pending::{Pending, lock, watch};
 
 /// The kernel side of the proxy.
 pub trait TransactionOps: Send {
@@ -393,41 +392,5 @@ pub async fn run<T: TransactionOps + 'static>(
         () = watch_services => Err(anyhow::anyhow!("service watch ended")),
         () = watch_slices => Err(anyhow::anyhow!("endpointslice watch ended")),
         r = sync_loop => r,
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Feeds one kind's watch events into `changes` (`read` is the kind's [`Changes`] method)
-/// and wakes the sync loop, except in the middle of a list.
-async fn watch<K>(
-    api: Api<K>,
-    changes: Arc<Mutex<Changes>>,
-    notify: Arc<Notify>,
-    read: fn(&mut Changes, watcher::Event<K>),
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => {
-                let wake = !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_));
-                read(&mut lock(&changes), ev);
-                if wake {
-                    notify.notify_one();
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "watching {}", K::plural(&())),
-        }
     }
 }
