@@ -61,6 +61,9 @@ pub struct Config {
     /// The cluster IP range (10.96.0.0/12): off-cluster clients of cluster IPs are
     /// masqueraded, as kube-proxy does with `--cluster-cidr`.
     pub service_cidr: Option<ipnet::Ipv4Net>,
+    /// Destinations outside the cluster CIDR that pods reach with their own addresses
+    /// (not masqueraded), like ip-masq-agent's `nonMasqueradeCIDRs`.
+    pub masquerade_exceptions: Vec<ipnet::Ipv4Net>,
 }
 
 /// How long a burst of Node events is gathered into one sync.
@@ -204,6 +207,7 @@ fn spawn_kernel_thread(
         cni_conf_dir: config.cni_conf_dir.clone(),
         cni_data_dir: config.cni_data_dir.clone(),
         underlay_mtu: config.underlay_mtu,
+        masquerade_exceptions: config.masquerade_exceptions.clone(),
     };
     let (tx, rx) = std::sync::mpsc::channel::<SyncRequest>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();

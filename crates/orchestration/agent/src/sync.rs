@@ -28,6 +28,8 @@ pub struct SyncConfig {
     pub cni_conf_dir: PathBuf,
     pub cni_data_dir: PathBuf,
     pub underlay_mtu: u32,
+    /// Destinations outside the cluster that pods reach with their own addresses.
+    pub masquerade_exceptions: Vec<Ipv4Net>,
 }
 
 /// What one sync did.
@@ -129,7 +131,8 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
         }
 
         let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| n.ip).collect();
-        let script = render_masquerade(cfg.cluster_cidr, &ips, cfg.mode);
+        let script =
+            render_masquerade(cfg.cluster_cidr, &cfg.masquerade_exceptions, &ips, cfg.mode);
         if self.last_nft.as_deref() != Some(script.as_str()) {
             match self.nft.apply_script(&script) {
                 Ok(()) => {

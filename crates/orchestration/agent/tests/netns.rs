@@ -208,6 +208,18 @@ fn nodes() -> Vec<NodeInfo> {
 /// an agent restart); checks the read-back and that a second sync writes nothing.
 /// Returns the first sync's writes (its nft transaction included).
 fn sync_node(c: &Cluster, ns: &str, name: &str, mode: Mode, nodes: Vec<NodeInfo>) -> usize {
+    sync_node_except(c, ns, name, mode, nodes, Vec::new())
+}
+
+/// [`sync_node`] with masquerade exceptions.
+fn sync_node_except(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    mode: Mode,
+    nodes: Vec<NodeInfo>,
+    masquerade_exceptions: Vec<ipnet::Ipv4Net>,
+) -> usize {
     let cfg = SyncConfig {
         node_name: name.into(),
         mode,
@@ -215,6 +227,7 @@ fn sync_node(c: &Cluster, ns: &str, name: &str, mode: Mode, nodes: Vec<NodeInfo>
         cni_conf_dir: c.conf.path().join(name),
         cni_data_dir: "/var/lib/cni/podnet".into(),
         underlay_mtu: 1500,
+        masquerade_exceptions,
     };
     in_ns(ns, move || {
         let mut s = Syncer::new(cfg, LinuxNodeNet::open().unwrap(), LinuxNft);
@@ -353,6 +366,35 @@ fn masquerade_rewrites_only_egress_leaving_the_cluster() {
 }
 
 #[test]
+fn masquerade_exceptions_keep_the_pod_address() {
+    let c = cluster("e");
+    // The outside host routes the cluster CIDR back via n1 (a peered network would).
+    ip(&c.ext, "route add 10.244.0.0/16 via 192.168.77.1");
+    let except: Vec<ipnet::Ipv4Net> = vec![
+        "192.168.77.96/29".parse().unwrap(),
+        "192.168.77.100/32".parse().unwrap(),
+        "172.16.0.0/12".parse().unwrap(),
+    ];
+    sync_node_except(&c, &c.n1, "n1", Mode::HostGw, nodes(), except.clone());
+    sync_node(&c, &c.n2, "n2", Mode::HostGw, nodes());
+    // pod → an excepted outside address: the pod's own address arrives.
+    assert_eq!(tcp_to(&c.ext, &c.p1, "192.168.77.100:7111"), "10.244.1.2");
+    // The other node still masquerades everything leaving the cluster.
+    assert_eq!(tcp_to(&c.ext, &c.p2, "192.168.77.100:7112"), "192.168.77.2");
+    let table = in_ns_output(&c.n1, &["nft", "list", "table", "ip", "podnet-nat"]);
+    assert!(
+        table.contains("set no-masquerade")
+            && table.contains("192.168.77.96/29")
+            && table.contains("172.16.0.0/12")
+            && table.contains("ip daddr != @no-masquerade masquerade"),
+        "{table}"
+    );
+    // Without exceptions again: masqueraded (the table is replaced whole).
+    sync_node(&c, &c.n1, "n1", Mode::HostGw, nodes());
+    assert_eq!(tcp_to(&c.ext, &c.p1, "192.168.77.100:7113"), "192.168.77.1");
+}
+
+#[test]
 fn replacing_the_nat_table_keeps_established_connections() {
     let c = cluster("e");
     sync_node(&c, &c.n1, "n1", Mode::HostGw, nodes());
@@ -378,12 +420,18 @@ fn replacing_the_nat_table_keeps_established_connections() {
         let cidr = "10.244.0.0/16".parse().unwrap();
         nft.apply_script(&render_masquerade(
             cidr,
+            &[],
             &["192.168.77.9".parse().unwrap()],
             podnet_nodenet::Mode::Vxlan,
         ))
         .unwrap();
-        nft.apply_script(&render_masquerade(cidr, &[], podnet_nodenet::Mode::HostGw))
-            .unwrap();
+        nft.apply_script(&render_masquerade(
+            cidr,
+            &[],
+            &[],
+            podnet_nodenet::Mode::HostGw,
+        ))
+        .unwrap();
     });
     step_tx.send(()).unwrap();
     client.join().unwrap();

@@ -123,6 +123,7 @@ fn agent_runs_against_the_lab_api_server() {
                 proxy_services: true,
                 enforce_policy: true,
                 service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+                masquerade_exceptions: Vec::new(),
             };
             let agent = tokio::spawn(podnet_agent::run(config, client.clone()));
             let file = conf_dir.join("10-podnet.conflist");

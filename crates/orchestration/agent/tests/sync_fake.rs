@@ -31,6 +31,7 @@ fn syncer(mode: Mode, dir: &tempfile::TempDir, net: FakeNodeNet) -> Syncer<FakeN
             cni_conf_dir: dir.path().join("net.d"),
             cni_data_dir: "/var/lib/cni/podnet".into(),
             underlay_mtu: 1500,
+            masquerade_exceptions: Vec::new(),
         },
         net,
         FakeNft::default(),

@@ -111,6 +111,24 @@ pub struct AgentArgs {
     /// The cluster IP range: off-cluster clients of cluster IPs are masqueraded.
     #[arg(long, env = "PODNET_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
+    /// Destinations outside the cluster that pods reach with their own addresses (not
+    /// masqueraded), comma-separated CIDRs; empty: none.
+    #[arg(long, env = "PODNET_MASQUERADE_EXCEPTIONS", default_value = "", value_parser = parse_cidr_list)]
+    masquerade_exceptions: CidrList,
+}
+
+/// A comma-separated list of IPv4 CIDRs; the empty string is the empty list (a
+/// ConfigMap value of "" means "none").
+#[derive(Clone, Debug)]
+pub struct CidrList(Vec<ipnet::Ipv4Net>);
+
+fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse().map_err(|e| format!("{c}: {e}")))
+        .collect::<Result<_, _>>()
+        .map(CidrList)
 }
 
 #[derive(Args)]
@@ -241,6 +259,7 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         proxy_services: a.proxy_services,
         enforce_policy: a.enforce_policy,
         service_cidr: Some(a.service_cidr),
+        masquerade_exceptions: a.masquerade_exceptions.0,
     };
     runtime()?.block_on(async move {
         let client = a.api.client().await?;

@@ -20,7 +20,7 @@ mod masquerade;
 mod plan;
 
 pub use conflist::render_cni_conflist;
-pub use masquerade::{MASQUERADE_TABLE, NODE_IPS_SET, render_masquerade};
+pub use masquerade::{MASQUERADE_TABLE, NO_MASQUERADE_SET, NODE_IPS_SET, render_masquerade};
 pub use plan::{
     Changes, Fdb, KernelState, Neigh, NodeInfo, NodePlan, Route, VxlanDevice, VxlanPlan,
     VxlanState, diff, plan_node,

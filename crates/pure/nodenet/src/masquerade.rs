@@ -12,6 +12,13 @@
 //!   masquerade rules live. One rule: source in the cluster CIDR, destination neither in
 //!   the cluster CIDR nor a node IP → `masquerade` (the outgoing link's address, i.e. the
 //!   node IP on the underlay).
+//! - set `no-masquerade` (ipv4_addr, intervals), only when the agent is given
+//!   masquerade exceptions (`PODNET_MASQUERADE_EXCEPTIONS`): destinations outside the
+//!   cluster that must see pods by their own addresses (a peered network, a VPN range),
+//!   as ip-masq-agent's `nonMasqueradeCIDRs` in GKE/EKS. The rule then also says
+//!   `ip daddr != @no-masquerade`. Overlapping or adjacent exceptions are aggregated
+//!   first (nft refuses overlapping interval elements). Without exceptions neither the
+//!   set nor the clause exists: no per-packet cost for a feature not in use.
 //!
 //! - VXLAN mode only: chains `tunnel-prerouting` / `tunnel-output` (type filter, priority
 //!   raw) mark the overlay's outer packets — UDP to port 4789 between node IPs — `notrack`.
@@ -33,6 +40,8 @@ use std::net::Ipv4Addr;
 pub const MASQUERADE_TABLE: &str = "podnet-nat";
 /// The named set of node IPs in it.
 pub const NODE_IPS_SET: &str = "node-ips";
+/// The named interval set of masquerade exceptions in it (only with exceptions).
+pub const NO_MASQUERADE_SET: &str = "no-masquerade";
 
 /// The `nft -f -` script that atomically replaces table `ip podnet-nat`:
 ///
@@ -51,12 +60,20 @@ pub const NODE_IPS_SET: &str = "node-ips";
 /// }
 /// ```
 /// In VXLAN mode the two `tunnel-*` chains follow `postrouting` (see the module doc).
+/// With `exceptions`, the interval set `no-masquerade` holds them (aggregated) and the
+/// rule gains `ip daddr != @no-masquerade`.
 /// Node IPs are sorted and deduplicated, so equal inputs render equal text.
-pub fn render_masquerade(cluster_cidr: Ipv4Net, node_ips: &[Ipv4Addr], mode: Mode) -> String {
+pub fn render_masquerade(
+    cluster_cidr: Ipv4Net,
+    exceptions: &[Ipv4Net],
+    node_ips: &[Ipv4Addr],
+    mode: Mode,
+) -> String {
     let cidr = cluster_cidr.trunc();
     let mut ips: Vec<Ipv4Addr> = node_ips.to_vec();
     ips.sort();
     ips.dedup();
+    let exceptions = Ipv4Net::aggregate(&exceptions.to_vec());
     let t = MASQUERADE_TABLE;
     let mut s = String::new();
     let _ = writeln!(s, "add table ip {t}");
@@ -69,6 +86,16 @@ pub fn render_masquerade(cluster_cidr: Ipv4Net, node_ips: &[Ipv4Addr], mode: Mod
         let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
     }
     let _ = writeln!(s, "\t}}");
+    let mut except = String::new();
+    if !exceptions.is_empty() {
+        let list: Vec<String> = exceptions.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(s, "\tset {NO_MASQUERADE_SET} {{");
+        let _ = writeln!(s, "\t\ttype ipv4_addr");
+        let _ = writeln!(s, "\t\tflags interval");
+        let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
+        let _ = writeln!(s, "\t}}");
+        except = format!(" ip daddr != @{NO_MASQUERADE_SET}");
+    }
     let _ = writeln!(s, "\tchain postrouting {{");
     let _ = writeln!(
         s,
@@ -76,7 +103,7 @@ pub fn render_masquerade(cluster_cidr: Ipv4Net, node_ips: &[Ipv4Addr], mode: Mod
     );
     let _ = writeln!(
         s,
-        "\t\tip saddr {cidr} ip daddr != {cidr} ip daddr != @{NODE_IPS_SET} masquerade"
+        "\t\tip saddr {cidr} ip daddr != {cidr} ip daddr != @{NODE_IPS_SET}{except} masquerade"
     );
     let _ = writeln!(s, "\t}}");
     if mode == Mode::Vxlan {

@@ -139,15 +139,31 @@ fn masquerade_ruleset() {
     let cidr: Ipv4Net = "10.244.0.0/16".parse().unwrap();
     golden(
         "masquerade.nft",
-        &render_masquerade(cidr, &ips, Mode::HostGw),
+        &render_masquerade(cidr, &[], &ips, Mode::HostGw),
     );
     golden(
         "masquerade-no-nodes.nft",
-        &render_masquerade(cidr, &[], Mode::HostGw),
+        &render_masquerade(cidr, &[], &[], Mode::HostGw),
     );
     golden(
         "masquerade-vxlan.nft",
-        &render_masquerade(cidr, &ips, Mode::Vxlan),
+        &render_masquerade(cidr, &[], &ips, Mode::Vxlan),
+    );
+    // Exceptions: overlapping and adjacent ranges are aggregated (nft refuses
+    // overlapping interval elements), host bits dropped.
+    let exceptions: Vec<Ipv4Net> = [
+        "172.16.0.0/13",
+        "172.20.0.0/14",
+        "192.168.0.0/17",
+        "192.168.128.0/17",
+        "100.64.1.7/32",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    golden(
+        "masquerade-exceptions.nft",
+        &render_masquerade(cidr, &exceptions, &ips, Mode::HostGw),
     );
 }
 
