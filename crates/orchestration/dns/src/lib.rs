@@ -2,9 +2,11 @@
 //! `kube-dns` Service), serving the zone `podnet-dns` builds from Services and
 //! EndpointSlices and forwarding every other name to upstream servers through a cache.
 //!
-//! Flow: kube watches (reflectors on Services and EndpointSlices, [`watch`]) → on every
-//! change, after a 50 ms debounce, the whole zone is rebuilt (pure, `podnet_dns::build_zone`)
-//! and swapped in atomically (`arc-swap`): readers never lock and never see half a zone.
+//! Flow: kube watches on Services and EndpointSlices ([`watch`]) feed the few fields the
+//! zone needs into a `podnet_dns::ZoneState`; 20 ms after a change, the names of the
+//! objects that changed are re-encoded (pure) and the new snapshot — sharing every
+//! untouched shard with the old one — is swapped in atomically (`arc-swap`): readers
+//! never lock and never see half a zone.
 //! Until both watches have listed once nothing in the zone is answered (SERVFAIL), and
 //! `/healthz` is 503.
 //!

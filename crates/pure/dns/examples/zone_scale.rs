@@ -1,10 +1,11 @@
-//! How long a whole zone build takes and how fast the pure answer path is:
+//! How long a whole zone build takes, how long a commit of one changed Service takes
+//! (the incremental path the server uses), and how fast the pure answer path is:
 //! `cargo run --release -p podnet-dns --example zone_scale [SERVICES]` — SERVICES ClusterIP
 //! Services with two named ports each, plus one headless Service per 10 with 5 endpoints.
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use podnet_dns::{Outcome, ZoneConfig, answer_query, build_zone, wire};
+use podnet_dns::{Outcome, ServiceInfo, ZoneConfig, ZoneState, answer_query, build_zone, wire};
 use serde_json::json;
 use std::time::Instant;
 
@@ -57,6 +58,45 @@ fn main() {
         built,
         problems.len()
     );
+    // One change at a time, committed: what the server does per change.
+    let mut state = ZoneState::new(ZoneConfig::default());
+    for s in &slices {
+        state.apply_slice(podnet_dns::SliceInfo::from_slice(s).unwrap());
+    }
+    for s in &services {
+        state.apply_service(ServiceInfo::from_service(s).unwrap());
+    }
+    let start = Instant::now();
+    let mut held = state.commit(1);
+    println!("incremental state, first commit: {:?}", start.elapsed());
+    let mut times = Vec::new();
+    for k in 0..50u32 {
+        // A new Service, then its deletion; and a headless Service's endpoints changing.
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": format!("new-{k}"), "namespace": "ns-1"},
+            "spec": {"clusterIP": format!("10.100.0.{}", k + 1),
+                "ports": [{"name": "http", "port": 80}]}}))
+        .unwrap();
+        state.apply_service(ServiceInfo::from_service(&svc).unwrap());
+        let t = Instant::now();
+        // Readers still hold the previous snapshot, as in the server.
+        let next = state.commit(2 + k);
+        times.push(t.elapsed());
+        drop(std::mem::replace(&mut held, next));
+        state.delete_service("ns-1", &format!("new-{k}"));
+        let t = Instant::now();
+        let next = state.commit(2 + k);
+        times.push(t.elapsed());
+        drop(std::mem::replace(&mut held, next));
+    }
+    times.sort();
+    println!(
+        "one change committed: median {:?}, max {:?} ({} commits, previous snapshot held)",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
+    drop(held);
     // The pure answer path: parse, look up, copy.
     let queries: Vec<Vec<u8>> = (0..1000)
         .map(|i| {

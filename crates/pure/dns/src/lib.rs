@@ -5,6 +5,9 @@
 //! - [`wire`] — the message codec of the hot path (RFC 1035, EDNS0).
 //! - [`zone`] — Services + EndpointSlices → the zone, each answer pre-encoded per
 //!   (lowercase name, type): a query is one hash lookup and one copy.
+//! - [`objects`] — the few fields of Services and EndpointSlices the zone needs.
+//! - [`state`] — the zone kept up to date object by object: a change re-encodes only
+//!   the names it touches; each commit is a snapshot sharing the unchanged shards.
 //! - [`cache`] — forwarded answers, bounded, TTLs decremented on hit, negative caching by
 //!   the SOA (RFC 2308).
 //!
@@ -18,10 +21,14 @@
 //! records served are the same (see [`zone`] for the few CoreDNS options not provided).
 
 pub mod cache;
+pub mod objects;
+pub mod state;
 pub mod wire;
 pub mod zone;
 
 pub use cache::{Cache, Stored};
+pub use objects::{ServiceInfo, SliceInfo};
+pub use state::ZoneState;
 pub use wire::{Query, QueryError, Rcode};
 pub use zone::{Answer, Problem, Resolution, Zone, ZoneConfig, build_zone};
 

@@ -25,23 +25,27 @@
 //! (`in-addr.arpa`, `ip6.arpa`) podnet knows are answered; the rest are forwarded
 //! (CoreDNS's `fallthrough in-addr.arpa ip6.arpa`).
 //!
-//! Speed: the zone is built once per change of the cluster, and for each (lowercase name,
-//! type) the whole answer — answer and additional sections, names compressed against the
-//! question at offset 12 — is encoded then. A query costs one hash lookup and one copy.
-//! This is possible because the question is echoed at a fixed offset and a matching
-//! question name always has the same length as the key. CoreDNS instead walks its
-//! informer caches and builds `dns.RR` objects per query, then packs them.
+//! Speed: the zone is kept by [`ZoneState`], which re-encodes only the names of the
+//! objects that change, and for each (lowercase name, type) the whole answer — answer
+//! and additional sections, names compressed against the question at offset 12 — is
+//! encoded then. A query costs one hash lookup and one copy. This is possible because the
+//! question is echoed at a fixed offset and a matching question name always has the same
+//! length as the key. CoreDNS instead walks its informer caches and builds `dns.RR`
+//! objects per query, then packs them.
 //!
 //! Not served (documented differences from CoreDNS): wildcard queries (`*.ns.svc.zone`,
 //! deprecated), `endpoint_pod_names`, NS records at the apex, zone transfers. ANY is
 //! answered with one RRset (RFC 8482).
 
 use crate::cache::Stored;
+use crate::objects::{ServiceInfo, SliceInfo};
+use crate::state::ZoneState;
 use crate::wire::{self, Encoder, Query, Rcode, rtype};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// The DNS schema version served at `dns-version.<zone>`.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -79,10 +83,10 @@ pub struct Problem {
 
 /// One pre-encoded answer: the answer-section records, then the additional ones, valid
 /// after a 12-byte header and a question whose name has the length of the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Answer {
     bytes: Box<[u8]>,
-    answer_len: usize,
+    answer_len: u32,
     an: u16,
     ar: u16,
 }
@@ -99,12 +103,125 @@ impl Answer {
     }
 }
 
-#[derive(Debug, Default)]
-struct Node {
+/// A name's answers by type, in type order.
+pub(crate) type Sets = Box<[(u16, Answer)]>;
+
+/// Every name of a zone with its answers (type, answer), sorted.
+pub type Dump = Vec<(Vec<u8>, Vec<(u16, Answer)>)>;
+
+/// One name of the zone: its answers for the readers, and for [`ZoneState`] the objects
+/// whose records it holds and how many names with records lie below it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Node {
     /// Answers by type, in type order.
-    sets: Vec<(u16, Answer)>,
+    pub sets: Sets,
     /// The CNAME target (lowercase wire form) when the name is an alias.
-    cname: Option<Box<[u8]>>,
+    pub cname: Option<Box<[u8]>>,
+    /// Records in `sets`.
+    pub count: u32,
+    /// Names with records below this one (in the zone): an empty non-terminal exists
+    /// while this is above 0.
+    pub below: u32,
+    /// The objects with records here (`ZoneState` ids), usually one.
+    pub owners: Owners,
+}
+
+/// A short set of ids without an allocation for the usual single one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Owners {
+    first: Option<u32>,
+    more: Vec<u32>,
+}
+
+impl Owners {
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn insert(&mut self, id: u32) {
+        match self.first {
+            None => self.first = Some(id),
+            Some(f) if f == id => {}
+            Some(_) if self.more.contains(&id) => {}
+            Some(_) => self.more.push(id),
+        }
+    }
+
+    pub fn remove(&mut self, id: u32) {
+        if self.first == Some(id) {
+            self.first = self.more.pop();
+        } else {
+            self.more.retain(|m| *m != id);
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.first
+            .into_iter()
+            .chain(self.more.iter().copied())
+            .collect()
+    }
+}
+
+/// The hash of zone names: word at a time, then a full 64-bit finaliser (murmur3's
+/// fmix64) so that every bit of the result depends on every byte — the shard is chosen
+/// from some bits of it and the shard's table uses others. Keys come from the cluster,
+/// not from queries (queries only look up).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NameHasher(u64);
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl NameHasher {
+    #[inline]
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(K).rotate_left(29);
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(b));
+        }
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.word(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+pub(crate) type Shard = HashMap<Box<[u8]>, Node, std::hash::BuildHasherDefault<NameHasher>>;
+
+/// Shards of the name table: a change copies only the shards of the names it touches.
+pub(crate) const SHARDS: usize = 64;
+
+/// The shard of a (lowercase wire) name: bits 20..26 of its hash (the shard's own table
+/// uses the low bits for the bucket and the top 7 for its tags).
+#[inline]
+pub(crate) fn shard_of(name: &[u8]) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let h = BuildHasherDefault::<NameHasher>::default().hash_one(name);
+    (h >> 20) as usize & (SHARDS - 1)
 }
 
 /// What the zone says about a question.
@@ -127,19 +244,22 @@ pub enum Resolution<'z> {
     Forward,
 }
 
-/// The cluster zone: every answer pre-encoded.
-#[derive(Debug)]
+/// The cluster zone: every answer pre-encoded. An immutable snapshot (a [`ZoneState`]
+/// commit): readers share it without locks; the next snapshot shares every shard that
+/// did not change.
+#[derive(Debug, Clone)]
 pub struct Zone {
-    apex: Vec<u8>,
-    pod_suffix: Vec<u8>,
-    ttl: u32,
-    serial: u32,
-    names: HashMap<Box<[u8]>, Node>,
-    records: usize,
+    pub(crate) apex: Vec<u8>,
+    pub(crate) pod_suffix: Vec<u8>,
+    pub(crate) ttl: u32,
+    pub(crate) serial: u32,
+    pub(crate) shards: Vec<Arc<Shard>>,
+    pub(crate) records: usize,
+    pub(crate) names: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Rdata {
+pub(crate) enum Rdata {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Cname(Vec<u8>),
@@ -208,7 +328,7 @@ pub fn dashed_hostname(ip: IpAddr) -> String {
 }
 
 /// Prepends labels to a wire name; `None` if a label or the result is too long.
-fn prepend(labels: &[&str], name: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prepend(labels: &[&str], name: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for l in labels {
         if l.is_empty() || l.len() > 63 {
@@ -221,166 +341,193 @@ fn prepend(labels: &[&str], name: &[u8]) -> Option<Vec<u8>> {
     (out.len() <= wire::MAX_NAME).then_some(out)
 }
 
-struct Builder {
-    records: HashMap<Vec<u8>, Vec<Rdata>>,
-    problems: Vec<Problem>,
+/// A Service's records (with its slices'), by owner name; unsorted, possibly repeated.
+pub(crate) type Records = HashMap<Vec<u8>, Vec<Rdata>>;
+
+fn add(records: &mut Records, name: Vec<u8>, r: Rdata) {
+    records.entry(name).or_default().push(r);
 }
 
-impl Builder {
-    fn add(&mut self, name: Vec<u8>, r: Rdata) {
-        self.records.entry(name).or_default().push(r);
-    }
-
-    fn problem(&mut self, ns: &str, name: &str, reason: impl Into<String>) {
-        self.problems.push(Problem {
-            object: format!("{ns}/{name}"),
-            reason: reason.into(),
-        });
-    }
+fn problem(problems: &mut Vec<Problem>, ns: &str, name: &str, reason: impl Into<String>) {
+    problems.push(Problem {
+        object: format!("{ns}/{name}"),
+        reason: reason.into(),
+    });
 }
 
 fn proto_label(p: Option<&str>) -> String {
     format!("_{}", p.unwrap_or("TCP").to_ascii_lowercase())
 }
 
-/// Builds the zone. Objects that cannot be served are [`Problem`]s; the rest is served.
+/// The lowercase wire forms of the zone's fixed names.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pub apex: Vec<u8>,
+    pub svc_suffix: Vec<u8>,
+    pub pod_suffix: Vec<u8>,
+}
+
+impl Names {
+    pub fn new(zone: &str) -> Names {
+        let apex = wire::name_from_str(zone)
+            .unwrap_or_else(|| wire::name_from_str("cluster.local").expect("a valid default zone"));
+        Names {
+            svc_suffix: prepend(&["svc"], &apex).expect("svc.<zone> fits"),
+            pod_suffix: prepend(&["pod"], &apex).expect("pod.<zone> fits"),
+            apex,
+        }
+    }
+}
+
+/// The records that belong to no object: the SOA and `dns-version`.
+pub(crate) fn render_static(apex: &[u8]) -> Records {
+    let mut r = Records::new();
+    add(&mut r, apex.to_vec(), Rdata::Soa);
+    if let Some(n) = prepend(&["dns-version"], apex) {
+        let mut txt = vec![SCHEMA_VERSION.len() as u8];
+        txt.extend_from_slice(SCHEMA_VERSION.as_bytes());
+        add(&mut r, n, Rdata::Txt(txt));
+    }
+    r
+}
+
+/// The records of one Service and its EndpointSlices; what cannot be served goes to
+/// `problems`. A Service's names all lie under `<svc>.<ns>.svc.<zone>` (its SRV
+/// targets too), except its PTR names, which other Services may share.
+pub(crate) fn render_service(
+    svc_suffix: &[u8],
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    problems: &mut Vec<Problem>,
+) -> Records {
+    let mut b = Records::new();
+    let (ns, name) = (&*svc.namespace, &*svc.name);
+    let Some(svc_name) = prepend(&[name, ns], svc_suffix) else {
+        problem(problems, ns, name, "name too long for DNS");
+        return b;
+    };
+    if let Some(external) = &svc.external_name {
+        match external.as_deref().and_then(wire::name_from_str) {
+            Some(target) if target.len() > 1 => add(&mut b, svc_name, Rdata::Cname(target)),
+            _ => problem(
+                problems,
+                ns,
+                name,
+                "ExternalName without a valid externalName",
+            ),
+        }
+        return b;
+    }
+    if svc.cluster_ips.is_empty() {
+        problem(problems, ns, name, "no cluster IP yet");
+        return b;
+    }
+    if svc
+        .cluster_ips
+        .iter()
+        .any(|ip| ip.eq_ignore_ascii_case("None"))
+    {
+        add_headless(&mut b, &svc_name, slices, svc.publish_not_ready);
+        return b;
+    }
+    let mut parsed = Vec::new();
+    for ip in &svc.cluster_ips {
+        match ip.parse::<IpAddr>() {
+            Ok(ip) => parsed.push(ip),
+            Err(_) => problem(
+                problems,
+                ns,
+                name,
+                format!("cluster IP {ip:?} is not an address"),
+            ),
+        }
+    }
+    if parsed.is_empty() {
+        return b;
+    }
+    for ip in &parsed {
+        add(&mut b, svc_name.clone(), addr_record(*ip));
+        add(&mut b, reverse_name(*ip), Rdata::Ptr(svc_name.clone()));
+    }
+    for port in svc.ports.iter() {
+        let Some(pname) = port.name.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let Ok(number) = u16::try_from(port.port) else {
+            continue;
+        };
+        let proto = proto_label(port.protocol.as_deref());
+        match prepend(&[&format!("_{pname}"), &proto], &svc_name) {
+            Some(srv) => add(
+                &mut b,
+                srv,
+                Rdata::Srv {
+                    priority: 0,
+                    weight: 100,
+                    port: number,
+                    target: svc_name.clone(),
+                },
+            ),
+            None => problem(
+                problems,
+                ns,
+                name,
+                format!("port name {pname:?} too long for DNS"),
+            ),
+        }
+    }
+    b
+}
+
+/// Builds the zone from scratch. Objects that cannot be served are [`Problem`]s; the rest
+/// is served. The same as feeding every object to a [`ZoneState`] and committing once.
 pub fn build_zone<'a>(
     config: &ZoneConfig,
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> (Zone, Vec<Problem>) {
-    let apex = wire::name_from_str(&config.zone)
-        .unwrap_or_else(|| wire::name_from_str("cluster.local").expect("a valid default zone"));
-    let svc_suffix = prepend(&["svc"], &apex).expect("svc.<zone> fits");
-    let pod_suffix = prepend(&["pod"], &apex).expect("pod.<zone> fits");
-    let mut b = Builder {
-        records: HashMap::new(),
-        problems: Vec::new(),
-    };
-    b.add(apex.clone(), Rdata::Soa);
-    if let Some(n) = prepend(&["dns-version"], &apex) {
-        let mut txt = vec![SCHEMA_VERSION.len() as u8];
-        txt.extend_from_slice(SCHEMA_VERSION.as_bytes());
-        b.add(n, Rdata::Txt(txt));
-    }
-
-    // Slices by (namespace, service name).
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    let mut state = ZoneState::new(config.clone());
     for s in slices {
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        {
-            by_service.entry((ns, svc.as_str())).or_default().push(s);
+        if let Some(s) = SliceInfo::from_slice(s) {
+            state.apply_slice(s);
         }
     }
-
-    for svc in services {
-        let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), svc.spec.as_ref()) else {
-            continue;
-        };
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(svc_name) = prepend(&[name, ns], &svc_suffix) else {
-            b.problem(ns, name, "name too long for DNS");
-            continue;
-        };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            match spec.external_name.as_deref().and_then(wire::name_from_str) {
-                Some(target) if target.len() > 1 => b.add(svc_name, Rdata::Cname(target)),
-                _ => b.problem(ns, name, "ExternalName without a valid externalName"),
-            }
-            continue;
-        }
-        let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
-            (Some(v), _) if !v.is_empty() => v.iter().map(String::as_str).collect(),
-            (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
-            _ => {
-                b.problem(ns, name, "no cluster IP yet");
-                continue;
-            }
-        };
-        if ips.iter().any(|ip| ip.eq_ignore_ascii_case("None")) {
-            let publish_all = spec.publish_not_ready_addresses.unwrap_or(false);
-            let slices = by_service.get(&(ns, name)).cloned().unwrap_or_default();
-            add_headless(&mut b, &svc_name, slices, publish_all);
-            continue;
-        }
-        let mut parsed = Vec::new();
-        for ip in ips {
-            match ip.parse::<IpAddr>() {
-                Ok(ip) => parsed.push(ip),
-                Err(_) => b.problem(ns, name, format!("cluster IP {ip:?} is not an address")),
-            }
-        }
-        if parsed.is_empty() {
-            continue;
-        }
-        for ip in &parsed {
-            b.add(svc_name.clone(), addr_record(*ip));
-            b.add(reverse_name(*ip), Rdata::Ptr(svc_name.clone()));
-        }
-        for port in spec.ports.iter().flatten() {
-            let Some(pname) = port.name.as_deref().filter(|n| !n.is_empty()) else {
-                continue;
-            };
-            let Ok(number) = u16::try_from(port.port) else {
-                continue;
-            };
-            let proto = proto_label(port.protocol.as_deref());
-            match prepend(&[&format!("_{pname}"), &proto], &svc_name) {
-                Some(srv) => b.add(
-                    srv,
-                    Rdata::Srv {
-                        priority: 0,
-                        weight: 100,
-                        port: number,
-                        target: svc_name.clone(),
-                    },
-                ),
-                None => b.problem(ns, name, format!("port name {pname:?} too long for DNS")),
-            }
+    for s in services {
+        if let Some(s) = ServiceInfo::from_service(s) {
+            state.apply_service(s);
         }
     }
-
-    for set in b.records.values_mut() {
-        set.sort_unstable();
-        set.dedup();
-    }
-    let zone = encode_zone(config, apex, pod_suffix, svc_suffix, &b.records);
-    (zone, b.problems)
+    let zone = state.commit(config.serial);
+    (zone, state.problems())
 }
 
-fn add_headless(b: &mut Builder, svc_name: &[u8], slices: Vec<&EndpointSlice>, all: bool) {
+fn add_headless(b: &mut Records, svc_name: &[u8], slices: &[&SliceInfo], all: bool) {
     // (address, hostname name) pairs, then SRV per named port.
     let mut srv: BTreeMap<Vec<u8>, BTreeSet<(u16, Vec<u8>)>> = BTreeMap::new();
     for s in slices {
-        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+        if !s.ip {
             continue;
         }
-        for ep in &s.endpoints {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready && !all {
+        for ep in s.endpoints.iter() {
+            if !ep.ready && !all {
                 continue;
             }
-            for addr in &ep.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else {
+            for &ip in ep.addresses.iter() {
+                let dashed;
+                let host = match ep.hostname.as_deref().filter(|h| !h.is_empty()) {
+                    Some(h) => h,
+                    None => {
+                        dashed = dashed_hostname(ip);
+                        &dashed
+                    }
+                };
+                let Some(host_name) = prepend(&[host], svc_name) else {
                     continue;
                 };
-                let host = ep
-                    .hostname
-                    .clone()
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| dashed_hostname(ip));
-                let Some(host_name) = prepend(&[&host], svc_name) else {
-                    continue;
-                };
-                b.add(svc_name.to_vec(), addr_record(ip));
-                b.add(host_name.clone(), addr_record(ip));
-                b.add(reverse_name(ip), Rdata::Ptr(host_name.clone()));
-                for port in s.ports.iter().flatten() {
+                add(b, svc_name.to_vec(), addr_record(ip));
+                add(b, host_name.clone(), addr_record(ip));
+                add(b, reverse_name(ip), Rdata::Ptr(host_name.clone()));
+                for port in s.ports.iter() {
                     let (Some(pname), Some(number)) = (
                         port.name.as_deref().filter(|n| !n.is_empty()),
                         port.port.and_then(|p| u16::try_from(p).ok()),
@@ -400,7 +547,8 @@ fn add_headless(b: &mut Builder, svc_name: &[u8], slices: Vec<&EndpointSlice>, a
     for (name, targets) in srv {
         let weight = (100 / targets.len()).max(1) as u16;
         for (port, target) in targets {
-            b.add(
+            add(
+                b,
                 name.clone(),
                 Rdata::Srv {
                     priority: 0,
@@ -413,58 +561,27 @@ fn add_headless(b: &mut Builder, svc_name: &[u8], slices: Vec<&EndpointSlice>, a
     }
 }
 
-fn encode_zone(
+/// The answers of one name from its records (sorted, deduplicated); `addresses` gives
+/// the A/AAAA records of an SRV target (sorted), for the additional section.
+pub(crate) fn encode_node(
     config: &ZoneConfig,
-    apex: Vec<u8>,
-    pod_suffix: Vec<u8>,
-    svc_suffix: Vec<u8>,
-    records: &HashMap<Vec<u8>, Vec<Rdata>>,
-) -> Zone {
-    let mut names: HashMap<Box<[u8]>, Node> = HashMap::with_capacity(records.len() * 2);
-    let mut count = 0;
-    for (name, set) in records {
-        let mut node = Node::default();
-        // Sorted, so each type's records are together.
-        for group in set.chunk_by(|a, b| a.rtype() == b.rtype()) {
-            let t = group[0].rtype();
-            let rs: Vec<&Rdata> = group.iter().collect();
-            count += rs.len();
-            if let [Rdata::Cname(target)] = rs.as_slice() {
-                node.cname = Some(target.clone().into_boxed_slice());
-            }
-            node.sets
-                .push((t, encode_set(config, &apex, name, &rs, records)));
+    apex: &[u8],
+    name: &[u8],
+    set: &[Rdata],
+    addresses: &mut dyn FnMut(&[u8]) -> Vec<Rdata>,
+) -> (Sets, Option<Box<[u8]>>) {
+    let mut sets = Vec::new();
+    let mut cname = None;
+    // Sorted, so each type's records are together.
+    for group in set.chunk_by(|a, b| a.rtype() == b.rtype()) {
+        let t = group[0].rtype();
+        let rs: Vec<&Rdata> = group.iter().collect();
+        if let [Rdata::Cname(target)] = rs.as_slice() {
+            cname = Some(target.clone().into_boxed_slice());
         }
-        names.insert(name.clone().into_boxed_slice(), node);
+        sets.push((t, encode_set(config, apex, name, &rs, addresses)));
     }
-    // Empty non-terminals: every ancestor of an in-zone name, up to the apex.
-    let in_zone: Vec<Vec<u8>> = names
-        .keys()
-        .filter(|n| wire::ends_with_name(n, &apex))
-        .map(|n| n.to_vec())
-        .collect();
-    for always in [svc_suffix, pod_suffix.clone()] {
-        names.entry(always.into_boxed_slice()).or_default();
-    }
-    for n in in_zone {
-        // Up from the parent; an ancestor already present has (or will have) its own
-        // ancestors added.
-        for o in wire::label_offsets(&n).skip(1) {
-            let suffix = &n[o..];
-            if suffix.len() < apex.len() || names.contains_key(suffix) {
-                break;
-            }
-            names.insert(suffix.into(), Node::default());
-        }
-    }
-    Zone {
-        apex,
-        pod_suffix,
-        ttl: config.ttl,
-        serial: config.serial,
-        names,
-        records: count,
-    }
+    (sets.into_boxed_slice(), cname)
 }
 
 /// Encodes one RRset (and for SRV the addresses of its targets as additional records).
@@ -473,7 +590,7 @@ fn encode_set(
     apex: &[u8],
     owner: &[u8],
     rs: &[&Rdata],
-    all: &HashMap<Vec<u8>, Vec<Rdata>>,
+    addresses: &mut dyn FnMut(&[u8]) -> Vec<Rdata>,
 ) -> Answer {
     let base = wire::HEADER_LEN + owner.len() + 4;
     let mut e = Encoder::new(base, owner);
@@ -491,10 +608,10 @@ fn encode_set(
             if !seen.insert(target) {
                 continue;
             }
-            for a in all.get(target).into_iter().flatten() {
+            for a in addresses(target) {
                 if matches!(a, Rdata::A(_) | Rdata::Aaaa(_)) {
                     let at = e.record(target, a.rtype(), ttl);
-                    write_rdata(&mut e, a, config, apex);
+                    write_rdata(&mut e, &a, config, apex);
                     e.end_rdata(at);
                     ar += 1;
                 }
@@ -503,7 +620,7 @@ fn encode_set(
     }
     Answer {
         bytes: e.buf.into_boxed_slice(),
-        answer_len,
+        answer_len: answer_len as u32,
         an: rs.len() as u16,
         ar,
     }
@@ -558,13 +675,48 @@ impl Zone {
 
     /// Names in the zone (including empty non-terminals and reverse names).
     pub fn name_count(&self) -> usize {
-        self.names.len()
+        self.names
+    }
+
+    /// Every name with its answers (type, answer), sorted: two zones that answer every
+    /// question alike have equal dumps (the SOA serial aside, which is in the apex's).
+    pub fn dump(&self) -> Dump {
+        let mut all: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.iter())
+            .map(|(k, n)| (k.to_vec(), n.sets.to_vec()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Whether a (lowercase wire) name is the apex or below it: one comparison at the
+    /// one offset where the apex can start, if a label starts there.
+    #[inline]
+    fn in_zone(&self, lname: &[u8]) -> bool {
+        let Some(at) = lname.len().checked_sub(self.apex.len()) else {
+            return false;
+        };
+        if lname[at..] != self.apex[..] {
+            return false;
+        }
+        let mut p = 0;
+        while p < at {
+            p += 1 + lname[p] as usize;
+        }
+        p == at
+    }
+
+    #[inline]
+    fn node(&self, lname: &[u8]) -> Option<&Node> {
+        self.shards[shard_of(lname)].get(lname)
     }
 
     /// What the zone says about (lowercase name, type).
     pub fn resolve(&self, lname: &[u8], qtype: u16) -> Resolution<'_> {
-        let in_zone = wire::ends_with_name(lname, &self.apex);
-        let Some(node) = self.names.get(lname) else {
+        let in_zone = self.in_zone(lname);
+        let Some(node) = self.node(lname) else {
             if !in_zone {
                 return Resolution::Forward;
             }
@@ -636,13 +788,9 @@ impl Zone {
                     ttl: self.ttl,
                     serial: self.serial,
                 };
-                Resolution::Owned(encode_set(
-                    &config,
-                    &self.apex,
-                    lname,
-                    &[&r],
-                    &HashMap::new(),
-                ))
+                Resolution::Owned(encode_set(&config, &self.apex, lname, &[&r], &mut |_| {
+                    Vec::new()
+                }))
             }
             _ => Resolution::NxDomain,
         }
@@ -687,7 +835,7 @@ impl Zone {
             _ => Rcode::NoError,
         };
         wire::begin_reply(out, q, rcode, true);
-        out.extend_from_slice(&cname.bytes[..cname.answer_len]);
+        out.extend_from_slice(&cname.bytes[..cname.answer_len as usize]);
         let mut an = cname.an;
         if let Some((s, elapsed)) = target {
             an += s.append_answers(elapsed, out);
@@ -710,7 +858,7 @@ impl Zone {
             out.extend_from_slice(&a.bytes);
             wire::finish_reply(out, q, a.an, 0, a.ar, Rcode::NoError);
         } else {
-            out.extend_from_slice(&a.bytes[..a.answer_len]);
+            out.extend_from_slice(&a.bytes[..a.answer_len as usize]);
             wire::finish_reply(out, q, a.an, 0, 0, Rcode::NoError);
             if out.len() > limit {
                 let flags = u16::from_be_bytes([out[2], out[3]]) | wire::flag::TC;
