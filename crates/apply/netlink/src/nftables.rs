@@ -18,7 +18,9 @@
 
 use netlink_sys::Socket;
 use nix::sys::socket::{setsockopt, sockopt};
-use podnet_nft::{Batch, EncodeError, Op, Transaction, encode_transaction, render_op};
+use podnet_nft::{
+    Batch, BatchEncoder, EncodeError, Family, Op, Transaction, encode_transaction, render_op,
+};
 use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -117,7 +119,38 @@ impl Nftables {
         let first = self.seq.wrapping_add(1);
         let batch = encode_transaction(tx, first)?;
         self.seq = batch.end_seq();
-        self.send_batch(&batch, &|i| describe(tx, i))
+        self.send_batch(&batch, &|i| {
+            describe(tx.family, &tx.table, &tx.ops[i], elements(&tx.ops[i]))
+        })
+    }
+
+    /// Applies, as one atomic transaction on `table`, the ops `parts` yields, in order.
+    /// Each part is encoded and dropped before the next one is made, so a big
+    /// transaction (a whole-table replace of 300k elements) exists whole only as its
+    /// batch, never as IR. Returns the number of ops sent.
+    pub fn apply_parts(
+        &mut self,
+        family: Family,
+        table: &str,
+        parts: impl IntoIterator<Item = Vec<Op>>,
+    ) -> Result<usize, NftError> {
+        let mut encoder = BatchEncoder::new(family, table, self.seq.wrapping_add(1))?;
+        // What an error message names: the ops with their element lists cut short, and
+        // how many elements they had.
+        let mut shown: Vec<(Op, usize)> = Vec::new();
+        for part in parts {
+            for op in part {
+                encoder.push(&op)?;
+                let n = elements(&op);
+                shown.push((shortened(op), n));
+            }
+        }
+        let batch = encoder.finish();
+        self.seq = batch.end_seq();
+        self.send_batch(&batch, &|i| {
+            describe(family, table, &shown[i].0, shown[i].1)
+        })?;
+        Ok(shown.len())
     }
 
     /// Sends an encoded batch and waits for its outcome; `what(i)` names operation `i`.
@@ -230,15 +263,41 @@ impl Nftables {
     }
 }
 
-/// Operation `i` as its nft command; element lists cut after a few elements (an error
-/// about a 250k-element operation should not carry megabytes of text).
-fn describe(tx: &Transaction, i: usize) -> String {
-    const SHOWN: usize = 3;
-    let op = &tx.ops[i];
+/// How many elements an error message shows of an element operation.
+const SHOWN: usize = 3;
+
+/// The number of elements of an element operation (0 for the others).
+fn elements(op: &Op) -> usize {
     match op {
-        Op::AddElements { set, elems } | Op::DeleteElements { set, elems }
-            if elems.len() > SHOWN =>
-        {
+        Op::AddElements { elems, .. } | Op::DeleteElements { elems, .. } => elems.len(),
+        _ => 0,
+    }
+}
+
+/// `op` with its element list cut to the [`SHOWN`] elements [`describe`] shows (a new
+/// list: the old one's capacity is freed).
+fn shortened(op: Op) -> Op {
+    // Copied: `into_iter().take(n).collect()` would keep the whole list's allocation.
+    let few = |elems: Vec<podnet_nft::Element>| elems[..elems.len().min(SHOWN)].to_vec();
+    match op {
+        Op::AddElements { set, elems } => Op::AddElements {
+            set,
+            elems: few(elems),
+        },
+        Op::DeleteElements { set, elems } => Op::DeleteElements {
+            set,
+            elems: few(elems),
+        },
+        op => op,
+    }
+}
+
+/// An operation of `total` elements (0 for other operations) as its nft command; element
+/// lists cut after a few elements (an error about a 250k-element operation should not
+/// carry megabytes of text).
+fn describe(family: Family, table: &str, op: &Op, total: usize) -> String {
+    match op {
+        Op::AddElements { set, elems } | Op::DeleteElements { set, elems } if total > SHOWN => {
             let few = elems[..SHOWN].to_vec();
             let short = match op {
                 Op::AddElements { .. } => Op::AddElements {
@@ -252,11 +311,11 @@ fn describe(tx: &Transaction, i: usize) -> String {
             };
             format!(
                 "{} (and {} more elements)",
-                render_op(tx.family, &tx.table, &short),
-                elems.len() - SHOWN
+                render_op(family, table, &short),
+                total - SHOWN
             )
         }
-        _ => render_op(tx.family, &tx.table, op),
+        _ => render_op(family, table, op),
     }
 }
 

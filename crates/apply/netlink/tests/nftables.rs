@@ -415,6 +415,23 @@ fn failing_op_changes_nothing_and_is_named() {
         "{text}"
     );
 
+    // The same transaction sent in parts: refused as a whole, the op named the same way.
+    let parts = tx.ops.clone().into_iter().map(|op| vec![op]);
+    let err = nft
+        .apply_parts(Family::Ip, "podnet-svc", parts)
+        .expect_err("elements of a missing set, in parts");
+    assert_eq!(
+        (err.op_index(), err.errno()),
+        (Some(0), Some(libc::ENOENT)),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("(and 9997 more elements)") && text.len() < 400,
+        "{text}"
+    );
+    assert_eq!(list_table(&a, "ip", "podnet-svc"), before, "state changed");
+
     // Invalid IR is refused before anything is sent.
     let mut tx = Transaction::new(Family::Ip, "podnet-svc");
     tx.push(Op::AddChain(Chain::regular("bad name")));
@@ -489,6 +506,23 @@ fn replace_table_whether_or_not_it_exists() {
         !listing.contains("chain svc-1"),
         "old content left: {listing}"
     );
+
+    // The same replace sent in parts (one op each) lists the same.
+    nft.apply(&Transaction::replace_table(&first))
+        .expect("back to the first");
+    let whole = list_table(&a, "ip", "podnet-svc");
+    nft.apply(&Transaction::replace_table(&second))
+        .expect("the second again");
+    let tx = Transaction::replace_table(&first);
+    let sent = nft
+        .apply_parts(
+            tx.family,
+            &tx.table,
+            tx.ops.iter().map(|op| vec![op.clone()]),
+        )
+        .expect("replace in parts");
+    assert_eq!(sent, tx.ops.len());
+    assert_eq!(list_table(&a, "ip", "podnet-svc"), whole);
 }
 
 /// (5) Real packets: a TCP connection to a VIP:port reaches a listener through the

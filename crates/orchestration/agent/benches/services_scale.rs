@@ -173,9 +173,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Where the first sync's time goes, without the kernel: the same objects through the
 /// pure planner and proxy, then the encoding of the transaction.
 fn pure_costs(services: u32) -> String {
-    let node = podnet_services::NodeContext {
-        node_name: "node-0".into(),
-    };
+    let node = podnet_services::NodeContext::new("node-0");
     let mut planner = podnet_services::Planner::new(node);
     let t = Instant::now();
     for i in 0..services {
@@ -229,6 +227,7 @@ fn run(services: u32, changes_n: u32) {
             node_name: "node-0".into(),
             cluster_cidr: "10.128.0.0/9".parse().unwrap(),
             service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+            node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
         },
         kernel,
     );
@@ -343,6 +342,12 @@ fn main() {
     for n in sizes {
         let status = std::process::Command::new(&exe)
             .args(["--child", &n.to_string(), "--changes", &changes.to_string()])
+            // The malloc settings `podnet agent` runs with (unless the caller set its own).
+            .env(
+                "GLIBC_TUNABLES",
+                std::env::var_os("GLIBC_TUNABLES")
+                    .unwrap_or_else(|| podnet_agent::MALLOC_TUNABLES.into()),
+            )
             .status()
             .expect("run child");
         assert!(status.success(), "size {n} failed");

@@ -12,12 +12,19 @@
 //! several nodes from one process. (The API client's connections are made by the tokio
 //! runtime's threads.)
 //!
+//! Pod CIDRs: a Node's `spec.podCIDR` when the control plane allocates them; otherwise
+//! the agent claims a `/node_cidr_mask` subnet of the cluster CIDR itself, as a Lease per
+//! subnet ([`claim`]: conditional writes only, so no two nodes ever hold one), and learns
+//! the other nodes' subnets from their claims (a Lease watch next to the Node watch).
+//!
 //! Compared with flannel: the same wiring (host-gw routes; VXLAN with static FDB and
-//! neighbours), but the VTEP MAC is derived from the node name (no Node annotation, no
-//! write access to the API), routes carry podnet's own route protocol (recognised after
-//! a restart without guessing), the masquerade table is replaced in one atomic nft
+//! neighbours), but the VTEP MAC is derived from the node name (no Node annotation; the
+//! only writes to the API are pod CIDR claims, when the cluster does not allocate),
+//! routes carry podnet's own route protocol (recognised after a restart without
+//! guessing), the masquerade table is replaced in one atomic nft
 //! transaction, and a no-op sync writes nothing at all.
 
+pub mod claim;
 pub mod health;
 pub mod metrics;
 pub mod ops;
@@ -30,8 +37,10 @@ pub use podnet_nodenet::Mode;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use metrics::Metrics;
 use ops::{LinuxNft, LinuxNodeNet};
@@ -64,6 +73,79 @@ pub struct Config {
     /// Destinations outside the cluster CIDR that pods reach with their own addresses
     /// (not masqueraded), like ip-masq-agent's `nonMasqueradeCIDRs`.
     pub masquerade_exceptions: Vec<ipnet::Ipv4Net>,
+    /// The cluster's NodePort range (kube-apiserver's `--service-node-port-range`);
+    /// node ports outside it are reported and not programmed.
+    pub node_port_range: std::ops::RangeInclusive<u16>,
+    /// The prefix length of the subnet a node claims when its Node has no
+    /// `spec.podCIDR` (24: a /24 of the cluster CIDR per node).
+    pub node_cidr_mask: u8,
+    /// Where the claims (Leases) live; `None`: the client's namespace (in a pod, the
+    /// pod's own: podnet-system as deployed).
+    pub claim_namespace: Option<String>,
+    /// How long the node must lack `spec.podCIDR` before the agent claims a subnet
+    /// ([`CLAIM_GRACE`] by default).
+    pub claim_grace: Duration,
+}
+
+/// The default of `Config::node_cidr_mask` (kube-controller-manager's
+/// `--node-cidr-mask-size` for IPv4).
+pub const DEFAULT_NODE_CIDR_MASK: u8 = 24;
+
+/// glibc malloc settings the agent runs with (`GLIBC_TUNABLES`): a fixed mmap threshold
+/// of 128 KiB (glibc raises it after every large free by default, after which big
+/// buffers — a full sync's netlink batch, rendered element lists — come from the heap and
+/// their pages stay resident) and trimming the heap's top above 128 KiB. Measured with
+/// `cargo bench -p podnet-agent --bench services_scale` at 50k Services × 5 endpoints
+/// (docs/benchmarks.md): RSS after the first sync 109 → 94 MiB, peak 122 → 111 MiB; no
+/// change in sync time. The workspace denies `unsafe`, so no `mallopt`: [`with_malloc_tunables`].
+pub const MALLOC_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
+
+/// Re-executes this process (same arguments, same pid) with [`MALLOC_TUNABLES`] as
+/// `GLIBC_TUNABLES`, unless that variable is already set (an operator's own choice wins,
+/// and the re-executed process finds it set). Call it first thing, while the process has
+/// one thread. Returns only when there is nothing to do or the exec failed (then the
+/// process runs with glibc's defaults, which is only a matter of memory).
+pub fn with_malloc_tunables() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
+        .exec();
+    tracing::warn!(error = %err, "re-executing with GLIBC_TUNABLES failed; running with glibc's defaults");
+}
+
+/// The default of `Config::claim_grace`: how long a node must have been seen without
+/// `spec.podCIDR` before its agent claims a subnet itself: on a cluster whose control plane allocates (kubeadm's default), the
+/// Node is registered a moment before kube-controller-manager sets its CIDR, and an agent
+/// that claimed in that moment would hand pods addresses from a subnet the cluster then
+/// gives elsewhere. A claim this node already holds (a restart) is taken up at once.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether to wait before claiming (see [`CLAIM_GRACE`]); sets `left` to the rest.
+fn in_grace(
+    grace: Duration,
+    since: &mut Option<Instant>,
+    holds_one: bool,
+    left: &mut Option<Duration>,
+) -> bool {
+    if holds_one {
+        return false;
+    }
+    let since = *since.get_or_insert_with(Instant::now);
+    match grace.checked_sub(since.elapsed()) {
+        Some(rest) if !rest.is_zero() => {
+            *left = Some(rest);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// How long a burst of Node events is gathered into one sync.
@@ -92,6 +174,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                     node_name: config.node_name.clone(),
                     cluster_cidr: config.cluster_cidr,
                     service_cidr: config.service_cidr,
+                    node_port_range: config.node_port_range.clone(),
                 },
                 kernel,
             ),
@@ -120,22 +203,100 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     let policy_client = client.clone();
     let policy_metrics = metrics.clone();
     let services_metrics = metrics.clone();
-    let api: Api<Node> = Api::all(client);
+    let claim_namespace = config
+        .claim_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let claimer = claim::Claimer::new(
+        client.clone(),
+        &claim_namespace,
+        &config.node_name,
+        config.cluster_cidr,
+        config.node_cidr_mask,
+    );
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let list_nodes = move || {
+        let api = nodes_api.clone();
+        async move { Ok(api.list(&ListParams::default()).await?.items) }
+    };
+    let api: Api<Node> = Api::all(client.clone());
     let (reader, writer) = reflector::store::<Node>();
     let notify = Arc::new(Notify::new());
     let watch = reflect(api, writer, notify.clone());
+    let leases: Api<Lease> = Api::namespaced(client, &claim_namespace);
+    let (lease_reader, lease_writer) = reflector::store::<Lease>();
+    let lease_watch = reflect_with(
+        leases,
+        lease_writer,
+        notify.clone(),
+        watcher::Config::default().labels(&claim::selector()),
+    );
 
     let resync = config.resync;
+    let node_name = config.node_name.clone();
+    let claim_grace = config.claim_grace;
     let sync_loop = async move {
         reader
             .wait_until_ready()
             .await
             .context("node watch ended before its first list")?;
+        lease_reader
+            .wait_until_ready()
+            .await
+            .context("claim watch ended before its first list")?;
+        // The subnet this node holds by a claim (while its Node has no spec.podCIDR).
+        let mut claimed: Option<ipnet::Ipv4Net> = None;
+        // Since when this node has been seen without spec.podCIDR and without a claim.
+        let mut without_cidr_since: Option<Instant> = None;
         loop {
-            let nodes: Vec<NodeInfo> = reader
-                .state()
+            let mut grace_left: Option<Duration> = None;
+            let all = reader.state();
+            let claims = lease_reader.state();
+            let held = claim::held_by_node(claims.iter().map(|l| &**l));
+            if let Some(me) = all
                 .iter()
-                .filter_map(|n| sync::node_info(n))
+                .find(|n| n.metadata.name.as_deref() == Some(node_name.as_str()))
+            {
+                if sync::spec_pod_cidr(me).is_some() {
+                    // The control plane's allocation wins: give claims back.
+                    if claimed.take().is_some() || held.contains_key(&node_name) {
+                        match claimer.release_all().await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                released = n,
+                                "Node.spec.podCIDR set: claims released"
+                            ),
+                            Err(e) => tracing::warn!(error = format!("{e:#}"), "releasing claims"),
+                        }
+                    }
+                } else if (claimed.is_none() || lost(claimed, &claims, &node_name))
+                    && !in_grace(
+                        claim_grace,
+                        &mut without_cidr_since,
+                        held.contains_key(&node_name),
+                        &mut grace_left,
+                    )
+                {
+                    match claimer.ensure(&list_nodes).await {
+                        Ok(c) => claimed = Some(c),
+                        Err(e) => {
+                            claimed = None;
+                            tracing::warn!(error = format!("{e:#}"), "claiming a pod CIDR failed");
+                        }
+                    }
+                }
+            }
+            let nodes: Vec<NodeInfo> = all
+                .iter()
+                .filter_map(|n| {
+                    let name = n.metadata.name.as_deref()?;
+                    let c = if name == node_name {
+                        claimed
+                    } else {
+                        held.get(name).copied()
+                    };
+                    sync::node_info(n, c)
+                })
                 .collect();
             let started = Instant::now();
             let (tx, rx) = oneshot::channel();
@@ -163,7 +324,10 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                 }
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "sync failed"),
             }
-            let wait = if ok { resync } else { resync.min(RETRY) };
+            let mut wait = if ok { resync } else { resync.min(RETRY) };
+            if let Some(left) = grace_left.take() {
+                wait = wait.min(left);
+            }
             tokio::select! {
                 _ = notify.notified() => tokio::time::sleep(DEBOUNCE).await,
                 _ = tokio::time::sleep(wait) => {}
@@ -189,6 +353,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
         r = server.into_future() => r.context("metrics server"),
         r = policies => r,
         () = watch => Err(anyhow::anyhow!("node watch ended")),
+        () = lease_watch => Err(anyhow::anyhow!("claim watch ended")),
         r = sync_loop => r,
         r = services => r,
     }
@@ -239,6 +404,17 @@ fn spawn_kernel_thread(
     Ok(tx)
 }
 
+/// Whether the claim on `claimed` is, by the watch, held by another node or by nobody
+/// (an administrator deleted or released it and someone else may have claimed it). A
+/// claim missing from the watch is not lost: the watch may lag behind the create.
+fn lost(claimed: Option<ipnet::Ipv4Net>, claims: &[Arc<Lease>], me: &str) -> bool {
+    let Some(cidr) = claimed else { return false };
+    claims
+        .iter()
+        .filter_map(|l| claim::read_claim(l))
+        .any(|c| c.cidr == cidr && c.holder.as_deref() != Some(me))
+}
+
 /// Mirrors one kind into a reflector store, waking the sync loop on every event.
 pub(crate) async fn reflect<K>(
     api: Api<K>,
@@ -253,7 +429,25 @@ pub(crate) async fn reflect<K>(
         + Sync
         + 'static,
 {
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    reflect_with(api, writer, notify, watcher::Config::default()).await
+}
+
+/// [`reflect`] with a watch configuration (a label selector).
+pub(crate) async fn reflect_with<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    notify: Arc<Notify>,
+    config: watcher::Config,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector(writer, watcher(api, config)).default_backoff();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
         match ev {

@@ -28,9 +28,10 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::watcher;
-use podnet_nft::Transaction;
+use podnet_nft::{Family, Op, Transaction};
 use podnet_services::{
-    NodeContext, ObjectName, Planner, Problem, Proxy, ProxyConfig, ServiceInput, SliceInput,
+    FAMILY, NodeContext, ObjectName, Planner, Problem, Proxy, ProxyConfig, ServiceInput,
+    SliceInput, TABLE,
 };
 use tokio::sync::Notify;
 
@@ -42,6 +43,21 @@ use crate::pending::{Pending, lock, watch};
 pub trait TransactionOps: Send {
     /// Applies one transaction atomically.
     fn apply(&mut self, tx: &Transaction) -> Result<()>;
+    /// Applies the ops `parts` yields, in order, as one atomic transaction on `table`;
+    /// returns how many ops that was. For the whole-table replace, which the proxy
+    /// renders in parts so that it never exists whole as IR; this default gathers them
+    /// into one [`Transaction`] for [`TransactionOps::apply`].
+    fn apply_parts(
+        &mut self,
+        family: Family,
+        table: &str,
+        parts: &mut dyn Iterator<Item = Vec<Op>>,
+    ) -> Result<usize> {
+        let mut tx = Transaction::new(family, table);
+        tx.ops.extend(parts.flatten());
+        self.apply(&tx)?;
+        Ok(tx.len())
+    }
     /// Deletes the UDP conntrack entries DNATed to `endpoints`, and those sent to
     /// `services` without being DNATed; returns how many.
     fn forget_udp_flows(
@@ -74,6 +90,17 @@ impl TransactionOps for LinuxTransactions {
         self.nft.apply(tx).map_err(anyhow::Error::from)
     }
 
+    fn apply_parts(
+        &mut self,
+        family: Family,
+        table: &str,
+        parts: &mut dyn Iterator<Item = Vec<Op>>,
+    ) -> Result<usize> {
+        self.nft
+            .apply_parts(family, table, parts)
+            .map_err(anyhow::Error::from)
+    }
+
     fn forget_udp_flows(
         &mut self,
         endpoints: &[SocketAddrV4],
@@ -102,6 +129,8 @@ pub struct ServicesConfig {
     pub node_name: String,
     pub cluster_cidr: Ipv4Net,
     pub service_cidr: Option<Ipv4Net>,
+    /// The cluster's NodePort range; node ports outside it are reported, not programmed.
+    pub node_port_range: std::ops::RangeInclusive<u16>,
 }
 
 /// What one proxy sync did.
@@ -133,6 +162,7 @@ impl<T: TransactionOps> ServiceSyncer<T> {
         });
         let planner = Planner::new(NodeContext {
             node_name: config.node_name.clone(),
+            node_port_range: config.node_port_range.clone(),
         });
         ServiceSyncer {
             planner,
@@ -166,18 +196,30 @@ impl<T: TransactionOps> ServiceSyncer<T> {
     }
 
     /// Re-plans the changed Services, and sends the transaction (the whole table after a
-    /// refused one: [`Proxy::sync_services`] decides).
+    /// refused one: [`Proxy::sync_services`] decides). The whole table goes in parts
+    /// ([`Proxy::replace_parts`]): as one IR transaction it was most of the agent's peak
+    /// memory.
     fn sync_planned(&mut self) -> Result<ServicesReport> {
-        let plan = self.proxy.sync_services(self.planner.plan());
+        let plan = self.proxy.sync_services_deferred(self.planner.plan());
         let mut problems = self.planner.problems();
         problems.extend(plan.problems);
-        let ops = plan.transaction.len();
-        if ops > 0
-            && let Err(e) = self.kernel.apply(&plan.transaction)
-        {
-            self.proxy.failed();
-            return Err(e.context("services transaction refused; the previous rules stay"));
-        }
+        let sent = if plan.full {
+            self.kernel
+                .apply_parts(FAMILY, TABLE, &mut self.proxy.replace_parts())
+        } else if plan.transaction.is_empty() {
+            Ok(0)
+        } else {
+            self.kernel
+                .apply(&plan.transaction)
+                .map(|()| plan.transaction.len())
+        };
+        let ops = match sent {
+            Ok(n) => n,
+            Err(e) => {
+                self.proxy.failed();
+                return Err(e.context("services transaction refused; the previous rules stay"));
+            }
+        };
         // Only after the rules stopped choosing them: a new packet of a forgotten flow is
         // then DNATed afresh, to a live endpoint.
         let mut flows_forgotten = 0;

@@ -53,15 +53,22 @@ pub struct Syncer<N, F> {
     forwarding: bool,
 }
 
-/// The node's name, InternalIP (IPv4) and podCIDR (IPv4), or `None` while it lacks one.
-pub fn node_info(node: &Node) -> Option<NodeInfo> {
-    let name = node.metadata.name.clone()?;
+/// The node's own IPv4 pod CIDR from its spec (`spec.podCIDR`, else the first IPv4 of
+/// `spec.podCIDRs`), when the control plane allocated one.
+pub fn spec_pod_cidr(node: &Node) -> Option<Ipv4Net> {
     let spec = node.spec.as_ref()?;
-    let pod_cidr = spec
-        .pod_cidr
+    spec.pod_cidr
         .iter()
         .chain(spec.pod_cidrs.iter().flatten())
-        .find_map(|c| c.parse::<Ipv4Net>().ok())?;
+        .find_map(|c| c.parse::<Ipv4Net>().ok())
+        .map(|c| c.trunc())
+}
+
+/// The node's name, InternalIP (IPv4) and pod CIDR — its spec's, else `claimed` (the
+/// subnet it holds by a claim, [`crate::claim`]) — or `None` while it lacks one.
+pub fn node_info(node: &Node, claimed: Option<Ipv4Net>) -> Option<NodeInfo> {
+    let name = node.metadata.name.clone()?;
+    let pod_cidr = spec_pod_cidr(node).or(claimed.map(|c| c.trunc()))?;
     let ip = node
         .status
         .as_ref()?
@@ -70,11 +77,7 @@ pub fn node_info(node: &Node) -> Option<NodeInfo> {
         .flatten()
         .filter(|a| a.type_ == "InternalIP")
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
-    Some(NodeInfo {
-        name,
-        ip,
-        pod_cidr: pod_cidr.trunc(),
-    })
+    Some(NodeInfo { name, ip, pod_cidr })
 }
 
 impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {

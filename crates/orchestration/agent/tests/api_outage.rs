@@ -191,6 +191,10 @@ fn api_outage_keeps_the_data_plane_and_retries_with_backoff() {
                 enforce_policy: true,
                 service_cidr: Some("10.96.0.0/12".parse().unwrap()),
                 masquerade_exceptions: Vec::new(),
+                node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
+                node_cidr_mask: 24,
+                claim_namespace: None,
+                claim_grace: podnet_agent::CLAIM_GRACE,
             };
             let agent = tokio::spawn(podnet_agent::run(config, via_relay));
             let n = name.clone();

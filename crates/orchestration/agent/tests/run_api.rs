@@ -124,6 +124,10 @@ fn agent_runs_against_the_lab_api_server() {
                 enforce_policy: true,
                 service_cidr: Some("10.96.0.0/12".parse().unwrap()),
                 masquerade_exceptions: Vec::new(),
+                node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
+                node_cidr_mask: 24,
+                claim_namespace: None,
+                claim_grace: podnet_agent::CLAIM_GRACE,
             };
             let agent = tokio::spawn(podnet_agent::run(config, client.clone()));
             let file = conf_dir.join("10-podnet.conflist");

@@ -36,6 +36,7 @@ fn syncer() -> ServiceSyncer<Recorder> {
             node_name: "node-1".into(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+            node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
         },
         Recorder::default(),
     )

@@ -117,6 +117,7 @@ fn refused_transaction_keeps_previous_rules_and_is_retried_as_a_replace() {
             node_name: "node-1".into(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+            node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
         },
         kernel,
     );

@@ -73,7 +73,7 @@ impl Store {
                         self.retry_pending_load_balancers();
                     }
                 }
-                Kind::Namespace | Kind::EndpointSlice | Kind::NetworkPolicy => {}
+                Kind::Namespace | Kind::EndpointSlice | Kind::NetworkPolicy | Kind::Lease => {}
             }
         }
     }

@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(
             404,
             "NotFound",
-            format!("{} \"{name}\" not found", kind.plural()),
+            format!("{} \"{name}\" not found", kind.qualified_resource()),
         )
         .on(kind, name)
     }
@@ -54,7 +54,7 @@ impl ApiError {
         Self::new(
             409,
             "AlreadyExists",
-            format!("{} \"{name}\" already exists", kind.plural()),
+            format!("{} \"{name}\" already exists", kind.qualified_resource()),
         )
         .on(kind, name)
     }
@@ -65,7 +65,7 @@ impl ApiError {
             "Conflict",
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                kind.plural()
+                kind.qualified_resource()
             ),
         )
         .on(kind, name)
@@ -159,6 +159,17 @@ impl ApiError {
         let mut details = serde_json::Map::new();
         if let Some(n) = &self.name {
             details.insert("name".into(), json!(n));
+        }
+        // `details.group`, absent for the core group (`kind` is the resource, or the Kind
+        // for Invalid).
+        if let Some(g) = self.kind.as_deref().and_then(|k| {
+            Kind::ALL
+                .into_iter()
+                .find(|x| x.plural() == k || x.kind() == k)
+                .map(Kind::group)
+                .filter(|g| !g.is_empty())
+        }) {
+            details.insert("group".into(), json!(g));
         }
         if let Some(k) = &self.kind {
             details.insert("kind".into(), json!(k));

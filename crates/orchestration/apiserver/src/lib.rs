@@ -3,9 +3,11 @@
 //! credentials ([`serve`], for tests), with the controllers a real control plane runs.
 //!
 //! Served: core v1 namespaces, nodes, pods, services (each with `/status`),
-//! discovery.k8s.io/v1 endpointslices, networking.k8s.io/v1 networkpolicies; verbs list,
+//! discovery.k8s.io/v1 endpointslices, networking.k8s.io/v1 networkpolicies,
+//! coordination.k8s.io/v1 leases; verbs list,
 //! watch, get, create, update, patch, delete; discovery (`/api`, `/apis`, resource lists,
-//! `/version`) and Table output for kubectl. Controllers (pod CIDR per node, scheduling,
+//! `/version`) and Table output for kubectl. Controllers (pod CIDR per node unless
+//! `Config::allocate_node_cidrs` is off, scheduling,
 //! service IP/port allocation, EndpointSlices, load-balancer IPs) decide with
 //! `podnet-cluster`'s pure functions.
 //!
@@ -74,6 +76,11 @@ pub const DEFAULT_LOAD_BALANCER_POOL: &str = "172.18.255.0/24";
 pub struct Config {
     pub cluster_cidr: ipnet::IpNet,
     pub node_cidr_prefix: u8,
+    /// Give every Node without one a `/node_cidr_prefix` of `cluster_cidr` as
+    /// `spec.podCIDR` (kube-controller-manager's `--allocate-node-cidrs`). `false`: Nodes
+    /// keep none unless a client sets it, and podnet's agents claim their subnets as
+    /// Leases.
+    pub allocate_node_cidrs: bool,
     pub service_cidr: ipnet::IpNet,
     pub node_port_range: (u16, u16),
     /// Addresses the load-balancer controller hands to LoadBalancer Services without a
@@ -94,6 +101,7 @@ impl Default for Config {
         Config {
             cluster_cidr: "10.244.0.0/16".parse().expect("literal CIDR"),
             node_cidr_prefix: 24,
+            allocate_node_cidrs: true,
             service_cidr: "10.96.0.0/12".parse().expect("literal CIDR"),
             node_port_range: (30000, 32767),
             load_balancer_pool: Some(DEFAULT_LOAD_BALANCER_POOL.parse().expect("literal CIDR")),

@@ -10,16 +10,20 @@ pub enum Kind {
     Service,
     EndpointSlice,
     NetworkPolicy,
+    /// coordination.k8s.io/v1: no controller acts on it; podnet's agents claim node pod
+    /// CIDRs with it when the control plane does not allocate them.
+    Lease,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::NetworkPolicy,
+        Kind::Lease,
     ];
 
     /// API group ("" for core).
@@ -27,6 +31,7 @@ impl Kind {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::NetworkPolicy => "networking.k8s.io",
+            Kind::Lease => "coordination.k8s.io",
             _ => "",
         }
     }
@@ -35,6 +40,7 @@ impl Kind {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::Lease => "coordination.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -47,6 +53,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Lease => "Lease",
         }
     }
 
@@ -58,6 +65,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::NetworkPolicy => "networkpolicies",
+            Kind::Lease => "leases",
         }
     }
 
@@ -71,7 +79,7 @@ impl Kind {
             Kind::Node => &["no"],
             Kind::Pod => &["po"],
             Kind::Service => &["svc"],
-            Kind::EndpointSlice => &[],
+            Kind::EndpointSlice | Kind::Lease => &[],
             Kind::NetworkPolicy => &["netpol"],
         }
     }
@@ -95,7 +103,20 @@ impl Kind {
     }
 
     /// The groups served, for `/apis` (core excluded).
-    pub fn groups() -> [&'static str; 2] {
-        ["discovery.k8s.io", "networking.k8s.io"]
+    pub fn groups() -> [&'static str; 3] {
+        [
+            "discovery.k8s.io",
+            "networking.k8s.io",
+            "coordination.k8s.io",
+        ]
+    }
+
+    /// The resource as the real server names it in messages: `pods`,
+    /// `leases.coordination.k8s.io`.
+    pub fn qualified_resource(self) -> String {
+        match self.group() {
+            "" => self.plural().to_string(),
+            g => format!("{}.{g}", self.plural()),
+        }
     }
 }

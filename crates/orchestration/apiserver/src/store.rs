@@ -689,7 +689,7 @@ impl Store {
                 }
                 self.admit_service(name, v, old)?;
             }
-            Kind::EndpointSlice | Kind::NetworkPolicy => {}
+            Kind::EndpointSlice | Kind::NetworkPolicy | Kind::Lease => {}
         }
         Ok(())
     }
@@ -736,6 +736,9 @@ impl Store {
                 }
                 n
             }
+            // Without allocation (kube-controller-manager's --allocate-node-cidrs=false) a
+            // node keeps no pod CIDR until a client sets one.
+            (None, None) if !self.config.allocate_node_cidrs => return Ok(()),
             (None, None) => {
                 let used = self.node_cidrs(name);
                 match podnet_cluster::plan_pod_cidr(
@@ -1104,6 +1107,140 @@ mod tests {
                 .get(Kind::Service, Some("default"), "kubernetes")
                 .is_err()
         );
+    }
+
+    fn lease(name: &str, holder: &str) -> Value {
+        json!({"metadata": {"name": name, "labels": {"podnet.io/claim": "pod-cidr"}},
+               "spec": {"holderIdentity": holder}})
+    }
+
+    /// Claims are only as safe as these answers: a second create of a name is 409
+    /// AlreadyExists and changes nothing; an update carrying an older resourceVersion is
+    /// 409 Conflict and changes nothing; the current one (or none) goes through.
+    #[test]
+    fn leases_conflict_on_create_and_on_a_stale_update() {
+        let mut s = Store::new(Config::default());
+        let first = s
+            .create(
+                Kind::Lease,
+                Some("kube-system"),
+                lease("podcidr-a", "node-1"),
+            )
+            .unwrap();
+        assert_eq!(first["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(first["kind"], "Lease");
+        let rv = s.rv;
+        let e = s
+            .create(
+                Kind::Lease,
+                Some("kube-system"),
+                lease("podcidr-a", "node-2"),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (409, "AlreadyExists"));
+        let status = e.to_status();
+        assert_eq!(
+            status["message"],
+            "leases.coordination.k8s.io \"podcidr-a\" already exists"
+        );
+        assert_eq!(status["details"]["group"], "coordination.k8s.io");
+        assert_eq!(status["details"]["kind"], "leases");
+        assert_eq!(status["details"]["name"], "podcidr-a");
+        assert_eq!(s.rv, rv, "a refused create is no write");
+
+        // Two writers read the same version; the first update wins, the second conflicts.
+        let seen = first["metadata"]["resourceVersion"].clone();
+        let mut a = (*first).clone();
+        a["spec"]["holderIdentity"] = json!("node-3");
+        let mut b = (*first).clone();
+        b["spec"]["holderIdentity"] = json!("node-4");
+        let won = s
+            .update(Kind::Lease, Some("kube-system"), "podcidr-a", a, false)
+            .unwrap();
+        assert_ne!(won["metadata"]["resourceVersion"], seen);
+        let rv = s.rv;
+        let e = s
+            .update(Kind::Lease, Some("kube-system"), "podcidr-a", b, false)
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (409, "Conflict"));
+        assert_eq!(
+            e.to_status()["message"],
+            "Operation cannot be fulfilled on leases.coordination.k8s.io \"podcidr-a\": the object has been modified; please apply your changes to the latest version and try again"
+        );
+        assert_eq!(s.rv, rv, "a refused update is no write");
+        let held = s
+            .get(Kind::Lease, Some("kube-system"), "podcidr-a")
+            .unwrap();
+        assert_eq!(held["spec"]["holderIdentity"], "node-3");
+
+        // A merge patch carrying a stale resourceVersion conflicts as well.
+        let e = s
+            .patch(
+                Kind::Lease,
+                Some("kube-system"),
+                "podcidr-a",
+                "application/merge-patch+json",
+                &json!({"metadata": {"resourceVersion": seen}, "spec": {"holderIdentity": "x"}}),
+                false,
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (409, "Conflict"));
+        // Without a resourceVersion an update is unconditional (as upstream for Leases).
+        let mut c = (*held).clone();
+        c["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        c["spec"]["holderIdentity"] = json!("node-5");
+        s.update(Kind::Lease, Some("kube-system"), "podcidr-a", c, false)
+            .unwrap();
+
+        let e = s
+            .create(
+                Kind::Lease,
+                Some("kube-system"),
+                json!({"metadata": {"name": "bad"},
+                       "spec": {"leaseDurationSeconds": 0, "leaseTransitions": -1}}),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert_eq!(
+            field_of(&e),
+            ["spec.leaseDurationSeconds", "spec.leaseTransitions"]
+        );
+        assert!(
+            s.create(Kind::Lease, Some("nowhere"), lease("x", "n"))
+                .is_err_and(|e| e.code == 404)
+        );
+    }
+
+    #[test]
+    fn node_cidrs_are_not_allocated_when_allocation_is_off() {
+        let mut s = Store::new(Config {
+            allocate_node_cidrs: false,
+            ..Config::default()
+        });
+        let n = s
+            .create(Kind::Node, None, json!({"metadata": {"name": "a"}}))
+            .unwrap();
+        assert!(n.pointer("/spec/podCIDR").is_none(), "{n}");
+        // A client may still set one; overlaps are still refused.
+        let mut v = (*n).clone();
+        v["spec"]["podCIDR"] = json!("10.244.7.0/24");
+        let n = s.update(Kind::Node, None, "a", v, false).unwrap();
+        assert_eq!(n["spec"]["podCIDRs"], json!(["10.244.7.0/24"]));
+        let e = s
+            .create(
+                Kind::Node,
+                None,
+                json!({"metadata": {"name": "b"}, "spec": {"podCIDR": "10.244.7.0/25"}}),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        let on = Store::new(Config::default())
+            .create(Kind::Node, None, json!({"metadata": {"name": "a"}}))
+            .unwrap();
+        assert_eq!(on["spec"]["podCIDR"], "10.244.0.0/24");
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn columns(kind: Kind) -> Vec<Value> {
         Kind::Pod => &["Name", "Ready", "Status", "IP", "Node", "Age"],
         Kind::Node => &["Name", "Status", "Pod-CIDR", "Internal-IP", "Age"],
         Kind::Service => &["Name", "Type", "Cluster-IP", "Ports", "Age"],
+        Kind::Lease => &["Name", "Holder", "Age"],
         _ => &["Name", "Age"],
     };
     names
@@ -131,6 +132,7 @@ fn cells(kind: Kind, v: &Value) -> Vec<Value> {
                 age(v),
             ]
         }
+        Kind::Lease => vec![name, s(v, "/spec/holderIdentity").to_string(), age(v)],
         _ => vec![name, age(v)],
     };
     cells.into_iter().map(Value::String).collect()

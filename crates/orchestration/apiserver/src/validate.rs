@@ -4,6 +4,7 @@
 //! stored form is the typed round trip (unknown fields dropped, as the real server does).
 
 use ipnet::IpNet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -103,6 +104,12 @@ pub fn admit(kind: Kind, v: &Value, service_cidr: IpNet) -> ApiResult<Value> {
             validate_network_policy(&mut causes, &np);
             encode(&np)?
         }
+        Kind::Lease => {
+            let lease: Lease = decode(kind, v)?;
+            check_meta(&mut causes, &lease.metadata, false);
+            validate_lease(&mut causes, &lease);
+            encode(&lease)?
+        }
     };
     if causes.is_empty() {
         Ok(out)
@@ -193,6 +200,7 @@ pub fn unknown_fields(kind: Kind, v: &Value) -> Vec<String> {
         Kind::Service => round::<Service>(v),
         Kind::EndpointSlice => round::<EndpointSlice>(v),
         Kind::NetworkPolicy => round::<NetworkPolicy>(v),
+        Kind::Lease => round::<Lease>(v),
     };
     let mut out = Vec::new();
     if let Some(kept) = kept {
@@ -637,6 +645,28 @@ fn validate_slice(causes: &mut Vec<Cause>, es: &EndpointSlice) {
                 ));
             }
         }
+    }
+}
+
+/// Upstream's `ValidateLeaseSpec`: a duration must be positive, a transition count not
+/// negative.
+fn validate_lease(causes: &mut Vec<Cause>, lease: &Lease) {
+    let Some(spec) = &lease.spec else { return };
+    if let Some(d) = spec.lease_duration_seconds
+        && d <= 0
+    {
+        causes.push(cause(
+            "spec.leaseDurationSeconds",
+            format!("Invalid value: {d}: must be greater than 0"),
+        ));
+    }
+    if let Some(t) = spec.lease_transitions
+        && t < 0
+    {
+        causes.push(cause(
+            "spec.leaseTransitions",
+            format!("Invalid value: {t}: must be greater than or equal to 0"),
+        ));
     }
 }
 

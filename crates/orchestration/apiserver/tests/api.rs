@@ -724,3 +724,98 @@ async fn invalid_objects_are_rejected_with_the_field_named() {
             .is_empty()
     );
 }
+
+/// coordination.k8s.io/v1 Leases through `kube`: discovered, created once per name
+/// (409 AlreadyExists), updated only from the current resourceVersion (409 Conflict),
+/// watched in their namespace with a label selector.
+#[tokio::test]
+async fn leases_are_served_with_optimistic_concurrency() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = start().await;
+    let groups = client.list_api_groups().await.unwrap();
+    let coordination = groups
+        .groups
+        .iter()
+        .find(|g| g.name == "coordination.k8s.io")
+        .expect("coordination.k8s.io discovered");
+    assert_eq!(
+        coordination.versions[0].group_version,
+        "coordination.k8s.io/v1"
+    );
+    let resources = client
+        .list_api_group_resources("coordination.k8s.io/v1")
+        .await
+        .unwrap();
+    let leases = resources
+        .resources
+        .iter()
+        .find(|r| r.name == "leases")
+        .unwrap();
+    assert!(leases.namespaced);
+    assert_eq!(leases.kind, "Lease");
+
+    let api: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease = |holder: &str| -> Lease {
+        from(json!({"metadata": {"name": "podcidr-10-244-3-0-24",
+                                 "labels": {"podnet.io/claim": "pod-cidr"}},
+                    "spec": {"holderIdentity": holder}}))
+    };
+    let events = watcher(
+        api.clone(),
+        watcher::Config::default().labels("podnet.io/claim=pod-cidr"),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        futures::pin_mut!(events);
+        while let Some(Ok(e)) = events.next().await {
+            let holder = match e {
+                watcher::Event::InitDone => Some("(listed)".to_string()),
+                watcher::Event::Apply(l) => l.spec.and_then(|s| s.holder_identity),
+                _ => None,
+            };
+            if let Some(h) = holder {
+                let _ = tx.send(h);
+            }
+        }
+    });
+    assert_eq!(rx.recv().await.unwrap(), "(listed)");
+    let created = api
+        .create(&PostParams::default(), &lease("node-1"))
+        .await
+        .unwrap();
+    let e = api_err(
+        api.create(&PostParams::default(), &lease("node-2"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(
+        e.details
+            .as_ref()
+            .map(|d| (d.group.as_str(), d.kind.as_str())),
+        Some(("coordination.k8s.io", "leases"))
+    );
+
+    let mut a = created.clone();
+    a.spec.as_mut().unwrap().holder_identity = Some("node-3".into());
+    let mut b = created.clone();
+    b.spec.as_mut().unwrap().holder_identity = Some("node-4".into());
+    api.replace("podcidr-10-244-3-0-24", &PostParams::default(), &a)
+        .await
+        .unwrap();
+    let e = api_err(
+        api.replace("podcidr-10-244-3-0-24", &PostParams::default(), &b)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    let held = api.get("podcidr-10-244-3-0-24").await.unwrap();
+    assert_eq!(
+        held.spec.unwrap().holder_identity.as_deref(),
+        Some("node-3")
+    );
+
+    // The watch (label-selected) saw the create and the one update that went through.
+    assert_eq!(rx.recv().await.unwrap(), "node-1");
+    assert_eq!(rx.recv().await.unwrap(), "node-3");
+}

@@ -17,8 +17,16 @@ pub struct ApiServerArgs {
     cluster_cidr: ipnet::IpNet,
     #[arg(long, default_value_t = 24)]
     node_cidr_prefix: u8,
+    /// Give every Node a pod CIDR (`spec.podCIDR`), as kube-controller-manager's
+    /// `--allocate-node-cidrs`. `false`: Nodes get none and podnet's agents claim their
+    /// subnets themselves (Leases).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::IpNet,
+    /// The range NodePorts are allocated from (and must lie in).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: PortRange,
     /// Addresses for LoadBalancer Services (`status.loadBalancer.ingress`).
     #[arg(long, default_value = podnet_apiserver::DEFAULT_LOAD_BALANCER_POOL)]
     load_balancer_pool: ipnet::IpNet,
@@ -115,6 +123,19 @@ pub struct AgentArgs {
     /// masqueraded), comma-separated CIDRs; empty: none.
     #[arg(long, env = "PODNET_MASQUERADE_EXCEPTIONS", default_value = "", value_parser = parse_cidr_list)]
     masquerade_exceptions: CidrList,
+    /// The cluster's NodePort range (kube-apiserver's --service-node-port-range): node
+    /// ports outside it are reported and not programmed.
+    #[arg(long, env = "PODNET_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
+    node_port_range: PortRange,
+    /// The prefix length of the subnet of the cluster CIDR a node claims when its Node
+    /// has no spec.podCIDR (the control plane does not allocate them).
+    #[arg(long, env = "PODNET_NODE_CIDR_MASK", default_value_t = podnet_agent::DEFAULT_NODE_CIDR_MASK,
+          value_parser = clap::value_parser!(u8).range(1..=32))]
+    node_cidr_mask: u8,
+    /// The namespace of the pod CIDR claims (Leases). Default: the API client's namespace
+    /// (in a pod: its own namespace).
+    #[arg(long)]
+    claim_namespace: Option<String>,
 }
 
 /// A comma-separated list of IPv4 CIDRs; the empty string is the empty list (a
@@ -129,6 +150,26 @@ fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
         .map(|c| c.parse().map_err(|e| format!("{c}: {e}")))
         .collect::<Result<_, _>>()
         .map(CidrList)
+}
+
+/// A port range `FIRST-LAST` (both included, 1 ≤ FIRST ≤ LAST).
+#[derive(Clone, Debug)]
+pub struct PortRange(u16, u16);
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s}: expected FIRST-LAST, e.g. 30000-32767"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{s}: {p}: {e}"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a == 0 || a > b {
+        return Err(format!("{s}: expected 1 <= FIRST <= LAST"));
+    }
+    Ok(PortRange(a, b))
 }
 
 #[derive(Args)]
@@ -226,11 +267,12 @@ pub fn apiserver(a: ApiServerArgs) -> Result<()> {
         let config = podnet_apiserver::Config {
             cluster_cidr: a.cluster_cidr,
             node_cidr_prefix: a.node_cidr_prefix,
+            allocate_node_cidrs: a.allocate_node_cidrs,
             service_cidr: a.service_cidr,
+            node_port_range: (a.service_node_port_range.0, a.service_node_port_range.1),
             load_balancer_pool: Some(a.load_balancer_pool),
             advertise: a.advertise_address.map(|ip| SocketAddr::new(ip, port)),
             tokens,
-            ..Default::default()
         };
         match (&a.tls_cert, &a.tls_key) {
             (Some(cert), Some(key)) => {
@@ -243,6 +285,7 @@ pub fn apiserver(a: ApiServerArgs) -> Result<()> {
 }
 
 pub fn agent(a: AgentArgs) -> Result<()> {
+    podnet_agent::with_malloc_tunables();
     init_logging();
     let config = podnet_agent::Config {
         node_name: a.node_name,
@@ -260,6 +303,10 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         enforce_policy: a.enforce_policy,
         service_cidr: Some(a.service_cidr),
         masquerade_exceptions: a.masquerade_exceptions.0,
+        node_port_range: a.node_port_range.0..=a.node_port_range.1,
+        node_cidr_mask: a.node_cidr_mask,
+        claim_namespace: a.claim_namespace,
+        claim_grace: podnet_agent::CLAIM_GRACE,
     };
     runtime()?.block_on(async move {
         let client = a.api.client().await?;

@@ -5,7 +5,9 @@
 //!   newest Kubernetes version named below; deliberately broken copies are rejected (so a
 //!   pass means something).
 //! - What a schema cannot see: the ClusterRoles grant exactly list/watch on the kinds the
-//!   agent's and the DNS server's source watch, and the source writes nothing; the
+//!   agent's and the DNS server's source read; the kinds they write (the agent: pod CIDR
+//!   claims, Leases) are granted by a Role in their namespace, with exactly the verbs the
+//!   writing file calls, and nowhere else; the
 //!   DaemonSet tolerates every taint and has exactly its two capabilities; the ConfigMap's
 //!   keys are exactly the settings `podnet agent` reads, and every value parses.
 //! - The agent as deployed (root; network namespaces of their own): with exactly the
@@ -15,7 +17,7 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -193,16 +195,9 @@ fn a_broken_manifest_is_rejected() {
     }
 }
 
-/// The kinds a crate's source opens an `Api` for (`Api::<Kind>` or `Api<Kind>`).
-fn watched_kinds(src: &Path) -> BTreeSet<String> {
+/// The kinds a text opens an `Api` for (`Api::<Kind>` or `Api<Kind>`).
+fn api_kinds(text: &str) -> BTreeSet<String> {
     let mut kinds = BTreeSet::new();
-    let mut text = String::new();
-    for e in std::fs::read_dir(src).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "rs") {
-            text.push_str(&std::fs::read_to_string(&p).unwrap());
-        }
-    }
     for marker in ["Api::<", "Api<"] {
         for (i, _) in text.match_indices(marker) {
             let rest = &text[i + marker.len()..];
@@ -216,18 +211,73 @@ fn watched_kinds(src: &Path) -> BTreeSet<String> {
             }
         }
     }
-    // Every write of kube's `Api` takes one of these; reads take none.
-    for write in ["PostParams", "PatchParams", "DeleteParams"] {
-        assert!(
-            !text.contains(write),
-            "{} writes to the API ({write}): grant the verb in deploy/ and update this test",
-            src.display()
-        );
-    }
     kinds
 }
 
-/// (API group, resource) of a kind the code may watch.
+/// Every write of kube's `Api` takes one of these; reads take none.
+const WRITE_PARAMS: [&str; 3] = ["PostParams", "PatchParams", "DeleteParams"];
+
+/// kube `Api` methods → the RBAC verb each needs.
+const METHOD_VERBS: [(&str, &str); 9] = [
+    (".create(", "create"),
+    (".replace(", "update"),
+    (".patch(", "patch"),
+    (".delete(", "delete"),
+    (".delete_collection(", "deletecollection"),
+    (".get(", "get"),
+    (".get_opt(", "get"),
+    (".list(", "list"),
+    ("watcher(", "watch"),
+];
+
+/// What a crate's source does with the API: the kinds read (every `Api` opened in a file
+/// that writes nothing: mirrored by list + watch, or listed), and per written kind the
+/// verbs of its file. A file that writes must open exactly one kind, so that each call
+/// in it is that kind's.
+struct Access {
+    reads: BTreeSet<String>,
+    writes: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn api_access(src: &Path) -> Access {
+    let mut access = Access {
+        reads: BTreeSet::new(),
+        writes: BTreeMap::new(),
+    };
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let kinds = api_kinds(&text);
+        if !WRITE_PARAMS.iter().any(|w| text.contains(w)) {
+            access.reads.extend(kinds);
+            continue;
+        }
+        assert_eq!(
+            kinds.len(),
+            1,
+            "{} writes to the API and opens {kinds:?}: keep one kind's writes in a file of \
+             their own, so that its verbs can be read off",
+            p.display()
+        );
+        let verbs: BTreeSet<String> = METHOD_VERBS
+            .iter()
+            .filter(|(m, _)| text.contains(m))
+            .map(|(_, v)| v.to_string())
+            .collect();
+        assert!(!verbs.is_empty(), "{}", p.display());
+        access
+            .writes
+            .entry(kinds.into_iter().next().unwrap())
+            .or_default()
+            .extend(verbs);
+    }
+    access
+}
+
+/// (API group, resource) of a kind the code may use.
 fn resource_of(kind: &str) -> (&'static str, &'static str) {
     match kind {
         "Node" => ("", "nodes"),
@@ -236,14 +286,17 @@ fn resource_of(kind: &str) -> (&'static str, &'static str) {
         "Namespace" => ("", "namespaces"),
         "EndpointSlice" => ("discovery.k8s.io", "endpointslices"),
         "NetworkPolicy" => ("networking.k8s.io", "networkpolicies"),
-        other => panic!("the code watches {other}: add it to resource_of and to the ClusterRole"),
+        "Lease" => ("coordination.k8s.io", "leases"),
+        other => panic!("the code uses {other}: add it to resource_of and to the roles"),
     }
 }
 
-/// The role's grants: (group, resource) → verbs.
-fn grants(role: &ClusterRole) -> BTreeMap<(String, String), BTreeSet<String>> {
-    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for rule in role.rules.iter().flatten() {
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// A role's grants: (group, resource) → verbs.
+fn grants(rules: Option<&Vec<PolicyRule>>) -> Grants {
+    let mut out: Grants = BTreeMap::new();
+    for rule in rules.into_iter().flatten() {
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for g in rule.api_groups.iter().flatten() {
             for r in rule.resources.iter().flatten() {
@@ -257,28 +310,79 @@ fn grants(role: &ClusterRole) -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
-/// The role named `name` grants list and watch — nothing else — on exactly the kinds the
-/// source in `src` watches, and is bound to service account `sa` in `namespace`.
+fn grant(
+    kind: &str,
+    verbs: impl IntoIterator<Item = String>,
+) -> ((String, String), BTreeSet<String>) {
+    let (g, r) = resource_of(kind);
+    ((g.to_string(), r.to_string()), verbs.into_iter().collect())
+}
+
+/// The ClusterRole named `name` grants list and watch — nothing else — on exactly the
+/// kinds the source in `src` reads and does not write; the kinds it writes are granted by
+/// the Role `name` in `namespace` (the writing file's verbs, plus list and watch when the
+/// kind is read elsewhere too) and by no ClusterRole — or no such Role exists when the
+/// source writes nothing. Both are bound to service account `sa` in `namespace`.
 fn check_role(name: &str, src: &str, sa: &str, namespace: &str) {
-    let kinds = watched_kinds(&repo().join(src));
-    assert!(!kinds.is_empty(), "{src}: no Api found");
-    let wanted: BTreeMap<(String, String), BTreeSet<String>> = kinds
+    let access = api_access(&repo().join(src));
+    assert!(!access.reads.is_empty(), "{src}: no Api found");
+    let cluster_wanted: Grants = access
+        .reads
         .iter()
-        .map(|k| {
-            let (g, r) = resource_of(k);
-            (
-                (g.to_string(), r.to_string()),
-                ["list", "watch"].map(String::from).into(),
-            )
-        })
+        .filter(|k| !access.writes.contains_key(*k))
+        .map(|k| grant(k, ["list", "watch"].map(String::from)))
         .collect();
     let role: ClusterRole = object("ClusterRole", name);
-    assert_eq!(grants(&role), wanted, "ClusterRole {name} vs {src}");
+    assert_eq!(
+        grants(role.rules.as_ref()),
+        cluster_wanted,
+        "ClusterRole {name} vs {src}"
+    );
 
     let binding: ClusterRoleBinding = object("ClusterRoleBinding", name);
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.name, name);
-    let subjects = binding.subjects.unwrap_or_default();
+    check_subjects(binding.subjects, sa, namespace);
+
+    let role_wanted: Grants = access
+        .writes
+        .iter()
+        .map(|(k, verbs)| {
+            let mut verbs = verbs.clone();
+            if access.reads.contains(k) {
+                verbs.extend(["list", "watch"].map(String::from));
+            }
+            grant(k, verbs)
+        })
+        .collect();
+    let roles: Vec<Value> = all_documents()
+        .into_iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == name)
+        .collect();
+    if role_wanted.is_empty() {
+        assert!(roles.is_empty(), "{src} writes nothing: no Role {name}");
+        return;
+    }
+    let role: Role = object("Role", name);
+    assert_eq!(role.metadata.namespace.as_deref(), Some(namespace));
+    assert_eq!(
+        grants(role.rules.as_ref()),
+        role_wanted,
+        "Role {name} vs {src}"
+    );
+    let binding: RoleBinding = object("RoleBinding", name);
+    assert_eq!(binding.metadata.namespace.as_deref(), Some(namespace));
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, name);
+    check_subjects(binding.subjects, sa, namespace);
+}
+
+fn check_subjects(
+    subjects: Option<Vec<k8s_openapi::api::rbac::v1::Subject>>,
+    sa: &str,
+    namespace: &str,
+) {
+    let subjects = subjects.unwrap_or_default();
     assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(subjects[0].name, sa);
@@ -288,6 +392,29 @@ fn check_role(name: &str, src: &str, sa: &str, namespace: &str) {
         .find(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == sa)
         .unwrap_or_else(|| panic!("ServiceAccount {sa}"));
     assert_eq!(account["metadata"]["namespace"], namespace);
+}
+
+/// The agent's writes are exactly its pod CIDR claims: Leases, created and updated (no
+/// get, patch or delete), from claim.rs alone — so the control above has something to
+/// check, and a new write elsewhere fails loudly.
+#[test]
+fn the_agent_writes_only_its_claims() {
+    let access = api_access(&repo().join("crates/orchestration/agent/src"));
+    assert_eq!(
+        access.writes,
+        BTreeMap::from([(
+            "Lease".to_string(),
+            ["create", "list", "update"].map(String::from).into()
+        )])
+    );
+    assert!(access.reads.contains("Lease") && access.reads.contains("Node"));
+    let claim =
+        std::fs::read_to_string(repo().join("crates/orchestration/agent/src/claim.rs")).unwrap();
+    assert!(
+        claim.contains("Api::namespaced("),
+        "claims live in one namespace"
+    );
+    assert!(!claim.contains("Api::all("));
 }
 
 #[test]

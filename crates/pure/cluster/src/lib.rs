@@ -10,6 +10,7 @@
 //! unit test of a few lines.
 
 pub mod cidr;
+pub mod claim;
 pub mod endpoints;
 pub mod loadbalancer;
 pub mod schedule;
@@ -17,6 +18,7 @@ pub mod selector;
 pub mod service;
 
 pub use cidr::{CidrError, plan_pod_cidr};
+pub use claim::{claim_name, parse_claim_name, pick_index, plan_claim};
 pub use endpoints::{
     LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGED_BY, SlicePlan, plan_endpoint_conditions,
     plan_endpoint_slices, pod_is_ready,

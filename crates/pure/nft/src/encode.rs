@@ -185,34 +185,110 @@ impl Batch {
 /// Validates first: names, value/expression widths, typeof support, interval elements.
 pub fn encode_transaction(tx: &Transaction, first_seq: u32) -> Result<Batch, EncodeError> {
     validate(tx)?;
-    let fam = nfproto(tx.family);
-    let mut w = Writer {
-        buf: Vec::with_capacity(estimate(tx)),
-        seq: first_seq,
-        msg_ops: Vec::new(),
-        last_msg_at: None,
-        set_ids: HashMap::new(),
-    };
-    // BATCH_BEGIN: AF_UNSPEC, res_id = NFNL_SUBSYS_NFTABLES (big endian).
-    let at = w.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-    w.finish(at);
-    let mut set_id = 0u32;
-    for (i, op) in tx.ops.iter().enumerate() {
-        encode_op(&mut w, fam, &tx.table, i, op, &mut set_id);
+    let mut e = BatchEncoder::with_capacity(tx.family, &tx.table, first_seq, estimate(tx))?;
+    for op in &tx.ops {
+        e.encode(op);
     }
-    // The ACK flag goes on the last operation message.
-    if let Some(at) = w.last_msg_at {
-        let flags = u16::from_ne_bytes([w.buf[at + 6], w.buf[at + 7]]) | NLM_F_ACK;
-        w.buf[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+    Ok(e.finish())
+}
+
+/// Encodes a transaction op by op into one batch, so that a big transaction (a whole
+/// table of 300k elements) never needs to exist whole as IR: its producer hands the ops
+/// over in parts and drops each part once it is encoded. The batch is the same as
+/// [`encode_transaction`]'s of the same ops.
+pub struct BatchEncoder {
+    w: Writer,
+    family: Family,
+    fam: u8,
+    table: String,
+    first_seq: u32,
+    set_id: u32,
+    ops: usize,
+}
+
+impl BatchEncoder {
+    /// A batch on `table`, whose `BATCH_BEGIN` has sequence number `first_seq`.
+    pub fn new(family: Family, table: &str, first_seq: u32) -> Result<Self, EncodeError> {
+        BatchEncoder::with_capacity(family, table, first_seq, 64 * 1024)
     }
-    w.seq = w.seq.wrapping_add(1);
-    let at = w.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-    w.finish(at);
-    Ok(Batch {
-        bytes: w.buf,
-        first_seq,
-        msg_ops: w.msg_ops,
-    })
+
+    fn with_capacity(
+        family: Family,
+        table: &str,
+        first_seq: u32,
+        capacity: usize,
+    ) -> Result<Self, EncodeError> {
+        if !is_valid_name(table) {
+            return Err(EncodeError::Name {
+                op: 0,
+                name: table.to_string(),
+            });
+        }
+        let mut w = Writer {
+            buf: Vec::with_capacity(capacity),
+            seq: first_seq,
+            msg_ops: Vec::new(),
+            last_msg_at: None,
+            set_ids: HashMap::new(),
+        };
+        // BATCH_BEGIN: AF_UNSPEC, res_id = NFNL_SUBSYS_NFTABLES (big endian).
+        let at = w.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        w.finish(at);
+        Ok(BatchEncoder {
+            w,
+            family,
+            fam: nfproto(family),
+            table: table.to_string(),
+            first_seq,
+            set_id: 0,
+            ops: 0,
+        })
+    }
+
+    /// Checks `op` (as [`validate`] does) and appends it as the next operation.
+    pub fn push(&mut self, op: &Op) -> Result<(), EncodeError> {
+        validate_op(self.family, self.ops, op)?;
+        self.encode(op);
+        Ok(())
+    }
+
+    fn encode(&mut self, op: &Op) {
+        encode_op(
+            &mut self.w,
+            self.fam,
+            &self.table,
+            self.ops,
+            op,
+            &mut self.set_id,
+        );
+        self.ops += 1;
+    }
+
+    /// Operations appended so far.
+    pub fn len(&self) -> usize {
+        self.ops
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    /// The batch: the ACK flag on the last operation message, then `BATCH_END`.
+    pub fn finish(self) -> Batch {
+        let mut w = self.w;
+        if let Some(at) = w.last_msg_at {
+            let flags = u16::from_ne_bytes([w.buf[at + 6], w.buf[at + 7]]) | NLM_F_ACK;
+            w.buf[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
+        w.seq = w.seq.wrapping_add(1);
+        let at = w.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        w.finish(at);
+        Batch {
+            bytes: w.buf,
+            first_seq: self.first_seq,
+            msg_ops: w.msg_ops,
+        }
+    }
 }
 
 /// A rough size, so the buffer is allocated once for big batches.
@@ -1206,6 +1282,20 @@ fn value_len(v: &Value) -> u32 {
 
 /// Checks what the encoder relies on; each error names the op.
 pub fn validate(tx: &Transaction) -> Result<(), EncodeError> {
+    if !is_valid_name(&tx.table) {
+        return Err(EncodeError::Name {
+            op: 0,
+            name: tx.table.clone(),
+        });
+    }
+    for (i, op) in tx.ops.iter().enumerate() {
+        validate_op(tx.family, i, op)?;
+    }
+    Ok(())
+}
+
+/// [`validate`] for operation `i` of a transaction on a `family` table.
+fn validate_op(family: Family, i: usize, op: &Op) -> Result<(), EncodeError> {
     let name = |op: usize, n: &str| {
         if is_valid_name(n) {
             Ok(())
@@ -1217,44 +1307,38 @@ pub fn validate(tx: &Transaction) -> Result<(), EncodeError> {
         }
     };
     let bad = |op: usize, what: String| Err(EncodeError::Invalid { op, what });
-    name(usize::MAX, &tx.table).map_err(|_| EncodeError::Name {
-        op: 0,
-        name: tx.table.clone(),
-    })?;
-    for (i, op) in tx.ops.iter().enumerate() {
-        match op {
-            Op::AddTable | Op::DeleteTable => {}
-            Op::AddChain(c) => name(i, &c.name)?,
-            Op::FlushChain(c) | Op::DeleteChain(c) => name(i, c)?,
-            Op::FlushSet(s) | Op::FlushMap(s) | Op::DeleteSet(s) => name(i, s)?,
-            Op::AddRule { chain, rule } => {
-                name(i, chain)?;
-                if let Err(what) = check_family(tx.family, rule) {
-                    return bad(i, what);
-                }
-                if let Some(c) = &rule.comment
-                    && !comment_ok(c)
-                {
-                    return bad(i, format!("comment {c:?}: at most 128 bytes, no '\"'"));
-                }
-                for s in &rule.stmts {
-                    if let Err(what) = check_stmt(s) {
-                        return bad(i, what);
-                    }
-                }
+    match op {
+        Op::AddTable | Op::DeleteTable => {}
+        Op::AddChain(c) => name(i, &c.name)?,
+        Op::FlushChain(c) | Op::DeleteChain(c) => name(i, c)?,
+        Op::FlushSet(s) | Op::FlushMap(s) | Op::DeleteSet(s) => name(i, s)?,
+        Op::AddRule { chain, rule } => {
+            name(i, chain)?;
+            if let Err(what) = check_family(family, rule) {
+                return bad(i, what);
             }
-            Op::AddSet(s) => {
-                name(i, &s.name)?;
-                if let Err(what) = check_set(s) {
+            if let Some(c) = &rule.comment
+                && !comment_ok(c)
+            {
+                return bad(i, format!("comment {c:?}: at most 128 bytes, no '\"'"));
+            }
+            for s in &rule.stmts {
+                if let Err(what) = check_stmt(s) {
                     return bad(i, what);
                 }
             }
-            Op::AddElements { set, elems } | Op::DeleteElements { set, elems } => {
-                name(i, set)?;
-                for e in elems {
-                    if let Err(what) = check_elem(e) {
-                        return bad(i, what);
-                    }
+        }
+        Op::AddSet(s) => {
+            name(i, &s.name)?;
+            if let Err(what) = check_set(s) {
+                return bad(i, what);
+            }
+        }
+        Op::AddElements { set, elems } | Op::DeleteElements { set, elems } => {
+            name(i, set)?;
+            for e in elems {
+                if let Err(what) = check_elem(e) {
+                    return bad(i, what);
                 }
             }
         }

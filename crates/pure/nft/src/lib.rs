@@ -36,6 +36,6 @@ pub mod render;
 mod types;
 
 pub use diff::diff_tables;
-pub use encode::{Batch, EncodeError, encode_transaction, validate};
+pub use encode::{Batch, BatchEncoder, EncodeError, encode_transaction, validate};
 pub use ir::*;
 pub use render::{render_op, render_rule, render_table, render_transaction};

@@ -426,6 +426,33 @@ fn invalid_ir_is_refused_with_the_op_index() {
     assert!(is_valid_name(&"a".repeat(255)));
 }
 
+/// The encoder fed op by op writes the batch `encode_transaction` writes, and checks
+/// each op as it comes (a bad one is refused with its index, nothing encoded of it).
+#[test]
+fn encoding_op_by_op_gives_the_same_batch() {
+    let tx = pickers_tx();
+    let whole = encode_transaction(&tx, 7).unwrap();
+    let mut e = BatchEncoder::new(tx.family, &tx.table, 7).unwrap();
+    for op in &tx.ops {
+        e.push(op).unwrap();
+    }
+    assert_eq!(e.len(), tx.ops.len());
+    let parts = e.finish();
+    assert_eq!(parts.bytes, whole.bytes);
+    assert_eq!(parts.end_seq(), whole.end_seq());
+    assert_eq!(parts.op_of_seq(9), whole.op_of_seq(9));
+
+    let mut e = BatchEncoder::new(Family::Ip, "t", 0).unwrap();
+    e.push(&Op::AddTable).unwrap();
+    let bad = Op::AddChain(Chain::regular("9lives"));
+    assert!(matches!(e.push(&bad), Err(EncodeError::Name { op: 1, .. })));
+    assert_eq!(e.len(), 1);
+    assert!(matches!(
+        BatchEncoder::new(Family::Ip, "9t", 0),
+        Err(EncodeError::Name { op: 0, .. })
+    ));
+}
+
 /// A typeof-keyed verdict map (podnet's `endpoint-chains-K`) carries the same user data as
 /// nft's, so `nft list` prints `typeof numgen ... : verdict` and can read it back. Bytes
 /// from `nft --debug=mnl add map ip t m "{ typeof numgen inc mod 1 : verdict; }"` (nft

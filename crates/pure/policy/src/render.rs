@@ -17,7 +17,8 @@
 //!   set in-H-K-ranges  address ranges allowed so                         (interval set)
 //!   set ports-K        protocol . port ranges (shared by every class using K)
 //!   (a class has only the sets it has addresses for, and one rule per set)
-//!   chain refuse       counter; tcp → reset; else icmp admin-prohibited
+//!   chain refuse       counter; Service (ct status dnat) or not tcp → icmp admin-prohibited;
+//!                      tcp → reset
 //! ```
 //! (`out-H` the same with `ip daddr`.)
 //!
@@ -59,14 +60,16 @@
 //! per packet grows with the policies selecting a pod) and kube-router (the same shape on
 //! iptables): the number of rules a packet traverses here does not grow with the
 //! policies or the pods; the size lives in set elements. Refusals reject (TCP reset, ICMP admin-prohibited) rather than drop, so a
-//! client learns at once — Cilium and Calico drop by default.
+//! client learns at once — Cilium and Calico drop by default. (ICMP errors are
+//! rate-limited by the kernel per client, `net.ipv4.icmp_ratelimit`: a burst of 6, then 1
+//! a second; past that a refusal by ICMP is silent. Resets are not limited.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use podnet_nft::{
     BaseChain, Chain, ChainKind, CmpOp, Element, Expr, Family, Hook, Policy, Reject, Rule, Set,
-    SetData, Stmt, Table, Type, Value, Verdict, ct_state,
+    SetData, Stmt, Table, Type, Value, Verdict, ct_state, ct_status,
 };
 
 use crate::model::{Allowed, PodPolicy, PortSet, Segment};
@@ -202,8 +205,26 @@ pub(crate) fn assemble(
     t.chains.push((
         Chain::regular(names::REFUSE),
         vec![
+            // A connection to a Service (DNAT in prerouting) is refused with ICMP, not a
+            // reset: for a packet that came in through the node's bridge (br_netfilter),
+            // nf_reject_ipv4 sends the reset straight out of the bridge port
+            // (`dev_queue_xmit`), past the NAT hooks, so it carries the pod's address
+            // instead of the Service's and the client ignores it until it times out. The
+            // ICMP error goes through the output path and is translated. Kernel 6.18,
+            // confirmed in the lab: a pod's SYN to a Service whose same-node pod refuses it
+            // got its reset from the pod IP (timed out); with this rule, EHOSTUNREACH at
+            // once. (Across nodes the reset was fine: the client's node un-NATs it.)
             Rule::new(vec![
                 Stmt::Counter,
+                Stmt::MatchBits {
+                    expr: Expr::CtStatus,
+                    mask: ct_status::DNAT,
+                    op: CmpOp::Ne,
+                    value: 0,
+                },
+                Stmt::Reject(Reject::IcmpAdminProhibited),
+            ]),
+            Rule::new(vec![
                 Stmt::Match {
                     expr: Expr::MetaL4Proto,
                     op: CmpOp::Eq,

@@ -141,15 +141,21 @@ impl Planner {
 
     /// A Service was added or changed (already read).
     pub fn set_service(&mut self, input: ServiceInput) {
-        let ServiceInput { name: key, shape } = input;
+        let ServiceInput {
+            name: key,
+            mut shape,
+        } = input;
+        let mut messages: Vec<String> = shape.as_ref().err().cloned().into_iter().collect();
+        if let Ok(Some(s)) = &mut shape {
+            messages.extend(s.confine_node_ports(&self.node.node_port_range));
+        }
         self.set_problems(
             Kind::Service,
             &key,
-            shape
-                .as_ref()
-                .err()
-                .map(|m| vec![service_problem(&key.namespace, &key.name, m.clone())])
-                .unwrap_or_default(),
+            messages
+                .into_iter()
+                .map(|m| service_problem(&key.namespace, &key.name, m))
+                .collect(),
         );
         if self.services.get(&key) != Some(&shape) {
             self.services.insert(key.clone(), shape);
@@ -183,7 +189,11 @@ impl Planner {
             self.forget_view(&key); // moved to another Service (its label changed)
         }
         if let Some((service, view)) = view {
-            let views = self.views.entry(service.clone()).or_default();
+            // Most Services have one slice: room for one (a pushed Vec has room for 4).
+            let views = self
+                .views
+                .entry(service.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
             match views.binary_search_by(|(n, _)| n.cmp(&key.name)) {
                 Ok(i) if views[i].1 == view => {}
                 Ok(i) => {

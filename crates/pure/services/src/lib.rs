@@ -24,8 +24,8 @@ pub mod render;
 
 pub use incremental::{ObjectName, Planner, ServiceInput, SliceInput};
 pub use model::{
-    Endpoint, NodeContext, PortName, Problem, Protocol, SERVICE_PROXY_NAME_LABEL, ServicePort,
-    Snapshot, plan_services,
+    DEFAULT_NODE_PORT_RANGE, Endpoint, NodeContext, PortName, Problem, Protocol,
+    SERVICE_PROXY_NAME_LABEL, ServicePort, Snapshot, plan_services,
 };
 pub use proxy::{Proxy, SyncPlan};
-pub use render::{MASQ_MARK, ProxyConfig, TABLE};
+pub use render::{FAMILY, MASQ_MARK, ProxyConfig, TABLE};

@@ -153,10 +153,29 @@ impl fmt::Display for Problem {
     }
 }
 
+/// kube-apiserver's default `--service-node-port-range`.
+pub const DEFAULT_NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
 /// The node the plan is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeContext {
     pub node_name: String,
+    /// The cluster's NodePort range (kube-apiserver's `--service-node-port-range`): a
+    /// `nodePort` or `healthCheckNodePort` outside it is not programmed and is reported
+    /// (the API server never hands one out, so it means a wrong setting or a wrong object;
+    /// either way a node port outside the range could shadow a port the node's own
+    /// programs listen on).
+    pub node_port_range: std::ops::RangeInclusive<u16>,
+}
+
+impl NodeContext {
+    /// A node with the default NodePort range.
+    pub fn new(node_name: impl Into<String>) -> NodeContext {
+        NodeContext {
+            node_name: node_name.into(),
+            node_port_range: DEFAULT_NODE_PORT_RANGE,
+        }
+    }
 }
 
 /// What the plan reads.
@@ -190,7 +209,12 @@ pub fn plan_services(
         let (ns, name) = object_name(&svc.metadata);
         let views = slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
         match parse_service(svc) {
-            Ok(Some(shape)) => out.extend(shape.ports(ns, name, views)),
+            Ok(Some(mut shape)) => {
+                for m in shape.confine_node_ports(&node.node_port_range) {
+                    problems.push(service_problem(ns, name, m));
+                }
+                out.extend(shape.ports(ns, name, views))
+            }
             Ok(None) => {}
             Err(message) => problems.push(service_problem(ns, name, message)),
         }
@@ -279,7 +303,7 @@ pub(crate) fn slice_view<'a>(
         };
         ports.push((p.name.clone().unwrap_or_default(), proto, number));
     }
-    let endpoints = s
+    let mut endpoints: Vec<Candidate> = s
         .endpoints
         .iter()
         .filter_map(|e| {
@@ -299,6 +323,9 @@ pub(crate) fn slice_view<'a>(
             })
         })
         .collect();
+    // Kept for as long as the slice lives: exact sizes (a pushed Vec has room for 4).
+    ports.shrink_to_fit();
+    endpoints.shrink_to_fit();
     Some((ns, service.as_str(), SliceView { ports, endpoints }))
 }
 
@@ -317,6 +344,42 @@ pub(crate) struct ServiceShape {
     health_check_node_port: Option<u16>,
     /// (name, protocol, port, nodePort — only for NodePort and LoadBalancer Services).
     ports: Vec<(String, Protocol, u16, Option<u16>)>,
+}
+
+impl ServiceShape {
+    /// Drops the node ports outside `range` (they are not programmed; the rest of the
+    /// Service is) and says which, one message each.
+    pub(crate) fn confine_node_ports(
+        &mut self,
+        range: &std::ops::RangeInclusive<u16>,
+    ) -> Vec<String> {
+        let (lo, hi) = (range.start(), range.end());
+        let mut out = Vec::new();
+        for (name, protocol, port, node_port) in &mut self.ports {
+            if let Some(n) = *node_port
+                && !range.contains(&n)
+            {
+                let port_name = if name.is_empty() {
+                    format!("{port}/{protocol:?}")
+                } else {
+                    name.clone()
+                };
+                out.push(format!(
+                    "port {port_name}: nodePort {n} is outside the NodePort range {lo}-{hi}; not programmed"
+                ));
+                *node_port = None;
+            }
+        }
+        if let Some(n) = self.health_check_node_port
+            && !range.contains(&n)
+        {
+            out.push(format!(
+                "healthCheckNodePort {n} is outside the NodePort range {lo}-{hi}; not served"
+            ));
+            self.health_check_node_port = None;
+        }
+        out
+    }
 }
 
 /// The checked shape of a Service; `None` when this proxy programs nothing for it
@@ -390,6 +453,7 @@ pub(crate) fn parse_service(svc: &Service) -> Result<Option<ServiceShape>, Strin
         let node_port = node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer"));
         ports.push((port_name, protocol, port, node_port));
     }
+    ports.shrink_to_fit(); // kept as long as the Service: exact size
     Ok(Some(ServiceShape {
         cluster_ip,
         external_ips,
@@ -550,12 +614,15 @@ fn categorize(
     uses_cluster: bool,
     uses_local: bool,
 ) -> (Vec<Endpoint>, Vec<Endpoint>, bool) {
+    // Kept by the proxy for as long as the port is programmed: exact sizes.
     let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<Endpoint> {
-        candidates
+        let mut v: Vec<Endpoint> = candidates
             .iter()
             .filter(|c| f(c))
             .map(|c| c.endpoint)
-            .collect()
+            .collect();
+        v.shrink_to_fit();
+        v
     };
     let fallback = |c: &Candidate| !c.ready && c.serving && c.terminating;
     let mut cluster = Vec::new();

@@ -10,7 +10,7 @@
 //! difference of its own objects (usually one element deleted and one added), and
 //! nothing is ever read back from the kernel.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use podnet_nft::{Chain, Element, Op, Rule, Set, Table, Transaction, Value};
@@ -24,16 +24,49 @@ use crate::render::{
 
 /// One programmed port. Its objects are rendered again when needed ([`render_port`] is a
 /// function of the port and the config): keeping them would cost several times the
-/// port's own size, for every port.
+/// port's own size, for every port. Ordered and looked up by the port's name (a set of
+/// these, not a map by name: the name would be kept twice, ~200 bytes a port).
 #[derive(Clone, Debug)]
 struct Programmed {
     port: ServicePort,
 }
 
+impl PartialEq for Programmed {
+    fn eq(&self, other: &Self) -> bool {
+        self.port.name == other.port.name
+    }
+}
+
+impl Eq for Programmed {}
+
+impl PartialOrd for Programmed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Programmed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.port.name.cmp(&other.port.name)
+    }
+}
+
+impl std::borrow::Borrow<PortName> for Programmed {
+    fn borrow(&self) -> &PortName {
+        &self.port.name
+    }
+}
+
 /// What a sync produced.
 #[derive(Clone, Debug)]
 pub struct SyncPlan {
+    /// The transaction to send; empty when nothing changed, or when a deferred whole-table
+    /// replace is to be sent as [`Proxy::replace_parts`] (`full` and
+    /// [`Proxy::sync_services_deferred`]).
     pub transaction: Transaction,
+    /// Whether the sync replaces the whole table (the first one, and the one after a
+    /// refused transaction).
+    pub full: bool,
     /// Ports left out (an address:port another port already owns).
     pub problems: Vec<Problem>,
     /// Ports whose objects changed (added, changed or removed).
@@ -53,7 +86,7 @@ pub struct SyncPlan {
 #[derive(Debug)]
 pub struct Proxy {
     config: ProxyConfig,
-    ports: BTreeMap<PortName, Programmed>,
+    ports: BTreeSet<Programmed>,
     /// Ports refused at the last sync (their problem), tried again at every sync: the
     /// port that held their address may have left meanwhile.
     rejected: BTreeMap<PortName, ServicePort>,
@@ -76,7 +109,7 @@ impl Proxy {
     pub fn new(config: ProxyConfig) -> Proxy {
         Proxy {
             config,
-            ports: BTreeMap::new(),
+            ports: BTreeSet::new(),
             rejected: BTreeMap::new(),
             owners: HashSet::new(),
             shared: BTreeMap::new(),
@@ -102,7 +135,7 @@ impl Proxy {
 
     /// The service ports programmed, by name.
     pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
-        self.ports.values().map(|p| &p.port)
+        self.ports.iter().map(|p| &p.port)
     }
 
     /// The objects of a programmed port.
@@ -113,7 +146,7 @@ impl Proxy {
     /// The whole table as the memory describes it (for dumps and full replaces).
     pub fn table(&self) -> Table {
         let mut all = Assembly::default();
-        for p in self.ports.values() {
+        for p in self.ports.iter() {
             all.add(self.objects(p));
         }
         self.assemble(all)
@@ -161,11 +194,13 @@ impl Proxy {
     /// returns the transaction that takes the kernel there: the whole table on the first
     /// sync and after a failure, only the differences otherwise (nothing when nothing
     /// changed).
-    pub fn sync(&mut self, desired: Vec<ServicePort>) -> SyncPlan {
-        let desired: BTreeMap<PortName, ServicePort> =
-            desired.into_iter().map(|p| (p.name.clone(), p)).collect();
-        let current: Vec<PortName> = self.ports.keys().cloned().collect();
-        self.step(current, desired)
+    pub fn sync(&mut self, mut desired: Vec<ServicePort>) -> SyncPlan {
+        // By name, the last of a name winning.
+        desired.reverse();
+        desired.sort_by(|a, b| a.name.cmp(&b.name));
+        desired.dedup_by(|a, b| a.name == b.name);
+        let current: Vec<PortName> = self.ports.iter().map(|p| p.port.name.clone()).collect();
+        self.step(current, desired, true)
     }
 
     /// As [`Proxy::sync`], given only the Services that changed since the last sync, each
@@ -174,8 +209,30 @@ impl Proxy {
     /// not of the table; the outcome (memory, transaction, problems) is the one `sync`
     /// gives for the whole desired state.
     pub fn sync_services(&mut self, updates: Vec<(ObjectName, Vec<ServicePort>)>) -> SyncPlan {
+        self.services_step(updates, true)
+    }
+
+    /// As [`Proxy::sync_services`], except that a whole-table replace is not built: the
+    /// plan has `full` set and an empty transaction, and the caller sends the ops of
+    /// [`Proxy::replace_parts`] as one transaction. At 50k Services the replace is 300k
+    /// elements, which as IR took ~70 MB at once; in parts, only its netlink batch exists
+    /// whole.
+    pub fn sync_services_deferred(
+        &mut self,
+        updates: Vec<(ObjectName, Vec<ServicePort>)>,
+    ) -> SyncPlan {
+        self.services_step(updates, false)
+    }
+
+    fn services_step(
+        &mut self,
+        updates: Vec<(ObjectName, Vec<ServicePort>)>,
+        materialize: bool,
+    ) -> SyncPlan {
         let mut current = Vec::new();
-        let mut desired = BTreeMap::new();
+        // One Vec (sorted below), not a map: at 50k ports a map's nodes and cloned names
+        // were tens of megabytes of small allocations at the first sync's peak.
+        let mut desired = Vec::new();
         // Only needed when some port was refused (50k names in a set cost ~0.1 s).
         let mut updated = BTreeSet::new();
         for (service, ports) in updates {
@@ -189,15 +246,15 @@ impl Proxy {
                 };
                 current.extend(
                     self.ports
-                        .range(first..)
-                        .map(|(n, _)| n)
+                        .range::<PortName, _>(first..)
+                        .map(|p| &p.port.name)
                         .take_while(|n| {
                             n.namespace == service.namespace && n.service == service.name
                         })
                         .cloned(),
                 );
             }
-            desired.extend(ports.into_iter().map(|p| (p.name.clone(), p)));
+            desired.extend(ports);
             if !self.rejected.is_empty() {
                 updated.insert(service);
             }
@@ -205,35 +262,42 @@ impl Proxy {
         // Refused ports of Services that did not change are tried again, as `sync` does.
         for (name, port) in &self.rejected {
             if !updated.contains(&ObjectName::new(&name.namespace, &name.service)) {
-                desired.insert(name.clone(), port.clone());
+                desired.push(port.clone());
             }
         }
         current.sort();
         current.dedup();
-        self.step(current, desired)
+        // A Service comes once in `updates`, and refused ports only for the others.
+        desired.sort_by(|a, b| a.name.cmp(&b.name));
+        self.step(current, desired, materialize)
     }
 
     /// One sync over the ports `current` (programmed, sorted) and `desired` (the desired
-    /// state of those and of any port to add); ports outside both are left alone.
+    /// state of those and of any port to add, sorted by name, one per name); ports
+    /// outside both are left alone. A whole-table replace is built only with
+    /// `materialize`.
     fn step(
         &mut self,
         current: Vec<PortName>,
-        mut desired: BTreeMap<PortName, ServicePort>,
+        mut desired: Vec<ServicePort>,
+        materialize: bool,
     ) -> SyncPlan {
         let mut problems = Vec::new();
         let mut changed = Vec::new();
 
         // Removed ports, and changed ones: old objects out of the memory.
         let mut old: Vec<(Programmed, PortObjects)> = Vec::new();
+        let mut unchanged = vec![false; desired.len()];
         for name in current {
-            let keep = desired
-                .get(&name)
-                .is_some_and(|d| *d == self.ports[&name].port);
-            if keep {
-                desired.remove(&name);
+            let same = desired
+                .binary_search_by(|d| d.name.cmp(&name))
+                .ok()
+                .filter(|i| self.ports.get(&name).is_some_and(|p| desired[*i] == p.port));
+            if let Some(i) = same {
+                unchanged[i] = true;
                 continue;
             }
-            let p = self.ports.remove(&name).expect("listed");
+            let p = self.ports.take(&name).expect("listed");
             let objects = self.objects(&p);
             self.release(&objects);
             changed.push(name);
@@ -242,22 +306,26 @@ impl Proxy {
         let previous: BTreeSet<&PortName> = old.iter().map(|(p, _)| &p.port.name).collect();
         // New and changed ports.
         // The objects of new and changed ports, for the difference; none when the whole
-        // table is sent (kept, they would be a second copy of it at the peak).
+        // table is sent (it is rendered again from the ports, in parts: kept, the objects
+        // would be the whole table as IR at once).
         let full = !self.in_step;
         let mut new: Vec<(PortName, Option<PortObjects>)> = Vec::new();
-        // With a full replace, the new ports' objects go straight into the table.
-        let mut all = Assembly::default();
         let mut rejected = BTreeMap::new();
-        for (name, port) in desired {
+        let mut unchanged = unchanged.into_iter();
+        desired.retain(|_| !unchanged.next().unwrap_or(false));
+        for port in desired {
+            let name = port.name.clone();
             match self.program(port) {
                 Ok((p, objects)) => {
                     if !previous.contains(&name) {
                         changed.push(name.clone()); // new (a changed one is listed)
                     }
-                    self.ports.insert(name.clone(), p);
+                    self.ports.insert(p);
                     if full {
-                        all.add(objects);
-                        new.push((name, None));
+                        // Only UDP ports are looked at again (for conntrack).
+                        if name.protocol == Protocol::Udp {
+                            new.push((name, None));
+                        }
                     } else {
                         new.push((name, Some(objects)));
                     }
@@ -278,7 +346,7 @@ impl Proxy {
             old.iter().map(|(p, _)| (&p.port.name, &p.port)).collect();
         let mut fresh_udp = BTreeSet::new();
         for (name, _) in new.iter().filter(|(n, _)| n.protocol == Protocol::Udp) {
-            let now = &self.ports[name].port;
+            let now = &self.ports.get(name).expect("programmed").port;
             let had = old_ports
                 .get(name)
                 .is_some_and(|p| !endpoints_of(p).is_empty());
@@ -308,18 +376,12 @@ impl Proxy {
 
         let transaction = if full {
             drop(old);
-            // Ports this step left as they were (after a failure, `sync_services` only
-            // goes over the changed Services) are rendered again.
-            let done: BTreeSet<&PortName> = new.iter().map(|(n, _)| n).collect();
-            if done.len() < self.ports.len() {
-                for (name, p) in &self.ports {
-                    if !done.contains(name) {
-                        all.add(self.objects(p));
-                    }
-                }
+            drop(new);
+            if materialize {
+                collect_parts(FAMILY, TABLE, self.replace_parts())
+            } else {
+                Transaction::new(FAMILY, TABLE)
             }
-            drop(done);
-            replace(self.assemble(all))
         } else {
             let old: Vec<PortObjects> = old.into_iter().map(|(_, o)| o).collect();
             let new: Vec<PortObjects> = new.into_iter().filter_map(|(_, o)| o).collect();
@@ -329,6 +391,7 @@ impl Proxy {
         self.in_step = true;
         SyncPlan {
             transaction,
+            full,
             problems,
             changed,
             stale_udp: stale_udp.into_iter().collect(),
@@ -388,7 +451,7 @@ impl Proxy {
             }
         }
         self.ports
-            .values()
+            .iter()
             .filter(|p| {
                 let p = &p.port;
                 match addr {
@@ -598,33 +661,130 @@ fn endpoints_of(p: &ServicePort) -> BTreeSet<(Ipv4Addr, u16)> {
         .collect()
 }
 
-/// [`Transaction::replace_table`] without copying the table (at 50k services a copy is
-/// tens of megabytes at the moment memory peaks).
-fn replace(table: Table) -> Transaction {
-    let mut tx = Transaction::new(table.family, table.name);
-    tx.push(Op::AddTable);
-    tx.push(Op::DeleteTable);
-    tx.push(Op::AddTable);
-    let mut elements = Vec::new();
-    for (set, elems) in table.sets {
-        if !elems.is_empty() {
-            elements.push(Op::AddElements {
-                set: set.name.clone(),
-                elems,
-            });
+/// Ports rendered per part of a whole-table replace ([`Proxy::replace_parts`]): ~6k
+/// elements, a few hundred kilobytes of IR at a time.
+const PART_PORTS: usize = 1024;
+
+impl Proxy {
+    /// The whole-table replace of the memory, as parts to send in order as one
+    /// transaction: `add table; delete table; add table`, the sets, chains and rules,
+    /// then the elements, rendered [`PART_PORTS`] ports at a time. Its ops, with the
+    /// element operations of each set joined in the order of the sets, are the
+    /// transaction a full [`Proxy::sync_services`] returns.
+    pub fn replace_parts(&self) -> impl Iterator<Item = Vec<Op>> + '_ {
+        // The fixed part, the shared pickers and the affinity ports' own chains and sets.
+        let mut t = render_base(&self.config);
+        t.sets.extend(
+            self.shared
+                .keys()
+                .filter_map(Shared::set)
+                .map(|s| (s, Vec::new())),
+        );
+        t.chains.extend(
+            self.shared
+                .keys()
+                .map(|s| (Chain::regular(s.chain()), s.rules(&self.config))),
+        );
+        for p in self.ports.iter() {
+            if p.port.affinity_seconds.is_some() {
+                let o = self.objects(p);
+                t.sets.extend(o.sets.into_iter().map(|s| (s, Vec::new())));
+                t.chains
+                    .extend(o.chains.into_iter().map(|(c, r)| (Chain::regular(c), r)));
+            }
         }
-        tx.push(Op::AddSet(set));
+        let mut head = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
+        let mut rules = Vec::new();
+        let mut chains = Vec::new();
+        let sets: Vec<String> = t.sets.iter().map(|(s, _)| s.name.clone()).collect();
+        head.extend(t.sets.into_iter().map(|(s, _)| Op::AddSet(s)));
+        for (chain, chain_rules) in t.chains {
+            rules.extend(chain_rules.into_iter().map(|rule| Op::AddRule {
+                chain: chain.name.clone(),
+                rule,
+            }));
+            chains.push(Op::AddChain(chain));
+        }
+        head.extend(chains);
+        head.extend(rules);
+        let index: HashMap<String, usize> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect();
+        let mut ports = self.ports.iter().peekable();
+        let elements = std::iter::from_fn(move || {
+            ports.peek()?;
+            let mut by_set: Vec<Vec<Element>> = vec![Vec::new(); sets.len()];
+            let mut last: Option<(Map, usize)> = None;
+            for p in ports.by_ref().take(PART_PORTS) {
+                for (map, e) in self.objects(p).elements {
+                    let i = match &last {
+                        Some((m, i)) if *m == map => *i,
+                        _ => {
+                            let i = index[map.name().as_str()];
+                            last = Some((map, i));
+                            i
+                        }
+                    };
+                    by_set[i].push(e);
+                }
+            }
+            Some(element_ops(&sets, by_set))
+        });
+        let hairpin = std::iter::once_with(move || {
+            let elems: Vec<Element> = self.hairpin.keys().map(|ip| hairpin_element(*ip)).collect();
+            if elems.is_empty() {
+                Vec::new()
+            } else {
+                vec![Op::AddElements {
+                    set: names::HAIRPIN.to_string(),
+                    elems,
+                }]
+            }
+        });
+        std::iter::once(head).chain(elements).chain(hairpin)
     }
-    let mut rules = Vec::new();
-    for (chain, chain_rules) in table.chains {
-        rules.extend(chain_rules.into_iter().map(|rule| Op::AddRule {
-            chain: chain.name.clone(),
-            rule,
-        }));
-        tx.push(Op::AddChain(chain));
+}
+
+/// One `AddElements` per set with elements, in the order of `sets`.
+fn element_ops(sets: &[String], by_set: Vec<Vec<Element>>) -> Vec<Op> {
+    sets.iter()
+        .zip(by_set)
+        .filter(|(_, e)| !e.is_empty())
+        .map(|(set, elems)| Op::AddElements {
+            set: set.clone(),
+            elems,
+        })
+        .collect()
+}
+
+/// The transaction of [`Proxy::replace_parts`]: its ops in order, the element operations
+/// of each set joined into one, after everything else, in the order the sets were added.
+fn collect_parts(
+    family: podnet_nft::Family,
+    table: &str,
+    parts: impl Iterator<Item = Vec<Op>>,
+) -> Transaction {
+    let mut tx = Transaction::new(family, table);
+    let mut sets: Vec<String> = Vec::new();
+    let mut elements: HashMap<String, Vec<Element>> = HashMap::new();
+    for op in parts.flatten() {
+        match op {
+            Op::AddElements { set, elems } => elements.entry(set).or_default().extend(elems),
+            op => {
+                if let Op::AddSet(s) = &op {
+                    sets.push(s.name.clone());
+                }
+                tx.push(op);
+            }
+        }
     }
-    tx.ops.extend(rules);
-    tx.ops.extend(elements);
+    for set in sets {
+        if let Some(elems) = elements.remove(&set) {
+            tx.push(Op::AddElements { set, elems });
+        }
+    }
     tx
 }
 

@@ -40,9 +40,7 @@ const NAMESPACES: [&str; 2] = ["a", "b"];
 const SERVICES: usize = 8;
 
 fn node() -> NodeContext {
-    NodeContext {
-        node_name: "node-1".into(),
-    }
+    NodeContext::new("node-1")
 }
 
 /// A random Service named `svc-{i}`: mostly well-formed, sometimes bad (unparsable

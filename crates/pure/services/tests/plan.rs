@@ -15,9 +15,7 @@ fn slice(v: serde_json::Value) -> EndpointSlice {
 }
 
 fn node() -> NodeContext {
-    NodeContext {
-        node_name: "node-1".into(),
-    }
+    NodeContext::new("node-1")
 }
 
 /// Pods of 10.244.1.0/24 run on node-1, the node planned for.
@@ -209,4 +207,43 @@ fn a_bad_service_is_reported_and_the_others_are_planned() {
         text[1].contains("Service prod/bad-ip: clusterIP \"10.96.0.999\""),
         "{text:?}"
     );
+}
+
+#[test]
+fn node_ports_outside_the_range_are_reported_and_not_programmed() {
+    let s = web(json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+        "healthCheckNodePort": 9000,
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 8080},
+                  {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}));
+    let services = [s];
+    let slices = web_slices();
+    let snapshot = Snapshot {
+        services: &services,
+        slices: &slices,
+    };
+    let (ports, problems) = plan_services(snapshot, &node());
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "Service prod/web: healthCheckNodePort 9000 is outside the NodePort range 30000-32767; not served",
+            "Service prod/web: port http: nodePort 8080 is outside the NodePort range 30000-32767; not programmed",
+        ],
+    );
+    // The rest of the Service is programmed: both cluster IP ports, the in-range node port.
+    assert_eq!(ports.len(), 2);
+    let by_name = |n: &str| ports.iter().find(|p| p.name.port == n).unwrap();
+    assert_eq!(by_name("http").node_port, None);
+    assert_eq!(by_name("dns").node_port, Some(30053));
+    assert!(ports.iter().all(|p| p.health_check_node_port.is_none()));
+    // A wider range (a cluster started with --service-node-port-range=8000-32767): all in.
+    let wide = NodeContext {
+        node_port_range: 8000..=32767,
+        ..node()
+    };
+    let (ports, problems) = plan_services(snapshot, &wide);
+    assert!(problems.is_empty(), "{problems:?}");
+    let by_name = |n: &str| ports.iter().find(|p| p.name.port == n).unwrap();
+    assert_eq!(by_name("http").node_port, Some(8080));
+    assert!(ports.iter().all(|p| p.health_check_node_port == Some(9000)));
 }

@@ -5,7 +5,7 @@
 //! replace, a conflicting address is reported and skipped).
 
 use podnet_nft::{Op, render_table};
-use podnet_services::{Endpoint, PortName, Protocol, Proxy, ProxyConfig, ServicePort};
+use podnet_services::{Endpoint, ObjectName, PortName, Protocol, Proxy, ProxyConfig, ServicePort};
 
 fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
     Endpoint {
@@ -267,4 +267,98 @@ fn a_udp_service_gaining_its_first_endpoint_is_reported_fresh() {
     dns.has_endpoints = true;
     let plan = proxy.sync(vec![dns]);
     assert_eq!(plan.fresh_udp, ["10.96.0.53:53".parse().unwrap()]);
+}
+
+/// The representative ports and 2500 more (with 1 to 4 endpoints, some local), so that
+/// a whole-table replace spans several parts.
+fn many_ports() -> Vec<ServicePort> {
+    let mut ports = node_ports();
+    for i in 0..2500u32 {
+        let ip = std::net::Ipv4Addr::from(0x0a60_1000 + i).to_string();
+        let mut p = port("bulk", &format!("svc-{i}"), "http", Protocol::Tcp, &ip, 80);
+        p.cluster_endpoints = (0..1 + i % 4)
+            .map(|k| {
+                let ep_ip = std::net::Ipv4Addr::from(0x0af4_0000 + 8 * i + k).to_string();
+                ep(&ep_ip, 8080, k == 0 && i % 7 == 0)
+            })
+            .collect();
+        p.has_endpoints = true;
+        ports.push(p);
+    }
+    ports
+}
+
+#[test]
+fn a_deferred_replace_sends_in_parts_what_the_whole_replace_holds() {
+    let ports = many_ports();
+    let mut whole = Proxy::new(config());
+    let tx = whole.sync(ports.clone()).transaction;
+
+    let mut deferred = Proxy::new(config());
+    let mut by_service: std::collections::BTreeMap<ObjectName, Vec<ServicePort>> =
+        std::collections::BTreeMap::new();
+    for p in ports {
+        by_service
+            .entry(ObjectName::new(&p.name.namespace, &p.name.service))
+            .or_default()
+            .push(p);
+    }
+    let plan = deferred.sync_services_deferred(by_service.into_iter().collect());
+    assert!(plan.full, "the first sync replaces the table");
+    assert!(
+        plan.transaction.is_empty(),
+        "the replace is left to the parts"
+    );
+    let parts: Vec<Vec<Op>> = deferred.replace_parts().collect();
+    assert!(parts.len() > 3, "{} parts", parts.len());
+
+    // The same ops: everything but elements in the same order, then per set the same
+    // elements in the same order.
+    let split = |ops: Vec<Op>| {
+        let mut other = Vec::new();
+        let mut elements: Vec<(String, Vec<podnet_nft::Element>)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::AddElements { set, elems } => {
+                    match elements.iter_mut().find(|(s, _)| *s == set) {
+                        Some((_, e)) => e.extend(elems),
+                        None => elements.push((set, elems)),
+                    }
+                }
+                op => other.push(op),
+            }
+        }
+        elements.sort_by(|a, b| a.0.cmp(&b.0));
+        (other, elements)
+    };
+    let (whole_other, whole_elements) = split(tx.ops.clone());
+    let (parts_other, parts_elements) = split(parts.into_iter().flatten().collect());
+    assert_eq!(whole_other, parts_other);
+    assert_eq!(whole_elements, parts_elements);
+    let elements: usize = whole_elements.iter().map(|(_, e)| e.len()).sum();
+    assert!(elements > 2500 * 2, "{elements} elements");
+
+    // And it is the table the proxy describes (what the dump shows).
+    let mut table = podnet_nft::Table::new(tx.family, tx.table.clone());
+    for op in tx.ops {
+        match op {
+            Op::AddSet(s) => table.sets.push((s, Vec::new())),
+            Op::AddChain(c) => table.chains.push((c, Vec::new())),
+            Op::AddRule { chain, rule } => {
+                let c = table
+                    .chains
+                    .iter_mut()
+                    .find(|(c, _)| c.name == chain)
+                    .unwrap();
+                c.1.push(rule);
+            }
+            Op::AddElements { set, elems } => {
+                let s = table.sets.iter_mut().find(|(s, _)| s.name == set).unwrap();
+                s.1.extend(elems);
+            }
+            Op::AddTable | Op::DeleteTable => {}
+            other => panic!("unexpected op in a replace: {other:?}"),
+        }
+    }
+    assert_eq!(table, whole.table());
 }

@@ -132,10 +132,22 @@ pub fn run(t: &Topology) -> Result<()> {
     let (pods, nodes, services, slices) = with_api(t, |c| async move {
         let lp = ListParams::default();
         let pods = Api::<Pod>::all(c.clone()).list(&lp).await?;
-        let nodes = Api::<Node>::all(c.clone()).list(&lp).await?;
+        let mut nodes = Api::<Node>::all(c.clone()).list(&lp).await?.items;
+        // Subnets the agents claimed (`lab up --podnet-allocates-cidrs`) count as allocated.
+        let claims =
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.clone(), "kube-system")
+                .list(&ListParams::default().labels(&podnet_agent::claim::selector()))
+                .await?;
+        let held = podnet_agent::claim::held_by_node(&claims.items);
+        for n in &mut nodes {
+            if let Some(cidr) = n.metadata.name.as_ref().and_then(|m| held.get(m)) {
+                let spec = n.spec.get_or_insert_with(Default::default);
+                spec.pod_cidr.get_or_insert_with(|| cidr.to_string());
+            }
+        }
         let services = Api::<Service>::all(c.clone()).list(&lp).await?;
         let slices = Api::<EndpointSlice>::all(c).list(&lp).await?;
-        Ok((pods.items, nodes.items, services.items, slices.items))
+        Ok((pods.items, nodes, services.items, slices.items))
     })?;
     let by_ip = pod_namespaces_by_ip(&t.pod_netns_prefix);
     let mut infos = Vec::new();

@@ -140,6 +140,10 @@ pub struct UpArgs {
     /// Do not deploy the default pods.
     #[arg(long)]
     pub no_workload: bool,
+    /// The control plane allocates no pod CIDRs (`--allocate-node-cidrs=false`): the
+    /// agents claim their nodes' subnets themselves (Leases in kube-system).
+    #[arg(long)]
+    pub podnet_allocates_cidrs: bool,
 }
 
 pub fn run(cmd: LabCmd) -> Result<()> {
@@ -233,8 +237,16 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             port,
             service,
         } => {
-            let m = netpol::matrix(&existing(&name)?, protocol, port, service)?;
-            print!("{}", netpol::render(&m));
+            let p = netpol::probe_matrix(&existing(&name)?, protocol, port, service)?;
+            print!("{}", netpol::render(&p.matrix));
+            if !p.unanswered.is_empty() {
+                let pairs: Vec<String> = p
+                    .unanswered
+                    .iter()
+                    .map(|(f, t)| format!("{f}->{t}"))
+                    .collect();
+                eprintln!("unanswered (dropped, not refused): {}", pairs.join(" "));
+            }
             Ok(())
         }
         LabCmd::Kubectl { name, args } => kubectl(&existing(&name)?, &args),

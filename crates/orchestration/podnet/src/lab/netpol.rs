@@ -6,12 +6,14 @@
 //! `lab netpol-model` creates the model; `lab matrix --protocol P --port N` probes all 81
 //! pairs with real packets (TCP connect, a UDP datagram, an SCTP INIT) from threads inside
 //! the pod namespaces, to pod IPs or (`--service`) to each pod's Service, and prints the
-//! table as upstream's probe does: `.` connected, `X` did not.
+//! table as upstream's probe does: `.` connected, `X` did not. podnet refuses what policy
+//! denies (TCP reset, ICMP admin-prohibited) instead of dropping it, so a probe that was
+//! not answered at all within the timeout is reported apart ([`Probed::unanswered`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -87,6 +89,13 @@ impl std::str::FromStr for Protocol {
 /// `ns/pod` → `ns/pod` → connected.
 pub type Matrix = BTreeMap<(String, String), bool>;
 
+/// A probed matrix, and the pairs whose probe got no answer at all (neither a reply nor a
+/// refusal) within the timeout.
+pub struct Probed {
+    pub matrix: Matrix,
+    pub unanswered: Vec<(String, String)>,
+}
+
 /// One probe from inside the current namespace.
 fn probe(proto: Protocol, dst: SocketAddrV4) -> bool {
     match proto {
@@ -113,6 +122,12 @@ fn probe(proto: Protocol, dst: SocketAddrV4) -> bool {
 
 /// Probes every pair of the model; `service` sends to each target pod's Service.
 pub fn matrix(t: &Topology, proto: Protocol, port: u16, service: bool) -> Result<Matrix> {
+    probe_matrix(t, proto, port, service).map(|p| p.matrix)
+}
+
+/// [`matrix`], telling the probes that failed without any answer (a timeout) from those
+/// refused.
+pub fn probe_matrix(t: &Topology, proto: Protocol, port: u16, service: bool) -> Result<Probed> {
     let (pods, services) = with_api(t, |c| async move {
         let pods = Api::<Pod>::all(c.clone())
             .list(&ListParams::default())
@@ -156,7 +171,7 @@ pub fn matrix(t: &Topology, proto: Protocol, port: u16, service: bool) -> Result
             vips.insert(format!("{ns}/{pod}"), ip);
         }
     }
-    let by_ip = super::check::pod_namespaces_by_ip(&t.prefix);
+    let by_ip = super::check::pod_namespaces_by_ip(&t.pod_netns_prefix);
     let targets: Vec<(String, SocketAddrV4)> = ips
         .iter()
         .map(|(k, ip)| {
@@ -170,36 +185,50 @@ pub fn matrix(t: &Topology, proto: Protocol, port: u16, service: bool) -> Result
             Ok((k.clone(), SocketAddrV4::new(addr, port)))
         })
         .collect::<Result<_>>()?;
-    let mut out = Matrix::new();
-    std::thread::scope(|scope| -> Result<()> {
-        let mut handles = Vec::new();
-        for (from, ip) in &ips {
+    let sources: Vec<(&String, String)> = ips
+        .iter()
+        .map(|(from, ip)| {
             let ns = by_ip
                 .get(ip)
-                .with_context(|| format!("no pod namespace holds {ip} ({from})"))?
-                .clone();
-            let targets = &targets;
-            handles.push(
-                scope.spawn(move || -> Result<Vec<((String, String), bool)>> {
-                    let fd = netns::open(netns::named_path(&ns))?;
-                    netns::run_in(&fd, || {
-                        targets
-                            .iter()
-                            .map(|(to, dst)| ((from.clone(), to.clone()), probe(proto, *dst)))
-                            .collect()
-                    })
-                    .map_err(anyhow::Error::from)
-                }),
-            );
+                .with_context(|| format!("no pod namespace holds {ip} ({from})"))?;
+            Ok((from, ns.clone()))
+        })
+        .collect::<Result<_>>()?;
+    // All 81 probes at once, a thread each: a refused probe answers at once (policy
+    // rejects), but one that is dropped costs its whole timeout, and the matrix then
+    // takes one timeout instead of nine in a row.
+    let mut out = Probed {
+        matrix: Matrix::new(),
+        unanswered: Vec::new(),
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for (from, ns) in &sources {
+            for (to, dst) in &targets {
+                handles.push(
+                    scope.spawn(move || -> Result<((String, String), bool, Duration)> {
+                        let fd = netns::open(netns::named_path(ns))?;
+                        let started = Instant::now();
+                        let ok = netns::run_in(&fd, || probe(proto, *dst))?;
+                        Ok((((*from).clone(), to.clone()), ok, started.elapsed()))
+                    }),
+                );
+            }
         }
         for h in handles {
-            let rows = h
+            let (pair, ok, took) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
-            out.extend(rows);
+            // A refusal arrives within a round trip; only a probe left unanswered runs
+            // into its timeout.
+            if !ok && took >= TIMEOUT {
+                out.unanswered.push(pair.clone());
+            }
+            out.matrix.insert(pair, ok);
         }
         Ok(())
     })?;
+    out.unanswered.sort();
     Ok(out)
 }
 

@@ -113,6 +113,7 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
             &p(&pki.serving_key()),
             "--token-file",
             &p(&pki.token_file()),
+            &format!("--allocate-node-cidrs={}", !a.podnet_allocates_cidrs),
         ]),
         &[],
         &log("apiserver"),
@@ -195,6 +196,8 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
                 &p(&data),
                 "--metrics-addr",
                 &format!("{}:{AGENT_METRICS_PORT}", m.ip),
+                "--claim-namespace",
+                "kube-system",
             ]),
             &[],
             &log(&format!("{}-agent", m.name)),
@@ -228,7 +231,11 @@ fn build(t: &Topology, rec: &mut LabRecord, a: &UpArgs) -> Result<()> {
     .context("the external host's resolver (Debian's dnsmasq: ./scripts/setup installs it)")?;
     rec.started("dnsmasq", &ext.name, pid)?;
     let workers = t.workers.len();
-    with_api(t, |c| async move { wait_nodes(&c, workers).await })?;
+    let spec_cidrs = !a.podnet_allocates_cidrs;
+    with_api(
+        t,
+        |c| async move { wait_nodes(&c, workers, spec_cidrs).await },
+    )?;
 
     step(
         4,
@@ -297,7 +304,10 @@ async fn wait_api(c: &kube::Client) -> Result<()> {
     .await
 }
 
-async fn wait_nodes(c: &kube::Client, n: usize) -> Result<()> {
+/// `spec_cidrs`: also wait for `spec.podCIDR` (the control plane allocates); without,
+/// Ready is enough (the kubelet is Ready once the agent wrote its CNI config, which needs
+/// the subnet the agent claimed).
+async fn wait_nodes(c: &kube::Client, n: usize, spec_cidrs: bool) -> Result<()> {
     let nodes: Api<Node> = Api::all(c.clone());
     poll(
         &format!("{n} Ready nodes with pod CIDRs"),
@@ -309,7 +319,8 @@ async fn wait_nodes(c: &kube::Client, n: usize) -> Result<()> {
                 .iter()
                 .filter(|n| {
                     status::node_ready(n)
-                        && n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some()
+                        && (!spec_cidrs
+                            || n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
                 })
                 .count();
             Ok((ready >= n).then_some(()))
