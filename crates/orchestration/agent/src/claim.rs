@@ -145,7 +145,22 @@ impl Claimer {
     /// Makes this node hold a claim and returns its subnet: the one it already holds
     /// (renewed), else a stale one taken over, else a new one created. `nodes` lists the
     /// cluster's Nodes from the API; it is called after the claims are listed.
-    pub async fn ensure<F, Fut>(&self, mut nodes: F) -> Result<Ipv4Net>
+    pub async fn ensure<F, Fut>(&self, nodes: F) -> Result<Ipv4Net>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Vec<Node>>>,
+    {
+        self.ensure_preferring(None, nodes).await
+    }
+
+    /// [`Claimer::ensure`], and when a new subnet must be claimed, `prefer` first if it is
+    /// free: the subnet this node used until its claim vanished (deleted by hand), whose
+    /// addresses its pods still hold.
+    pub async fn ensure_preferring<F, Fut>(
+        &self,
+        prefer: Option<Ipv4Net>,
+        mut nodes: F,
+    ) -> Result<Ipv4Net>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Vec<Node>>>,
@@ -157,13 +172,28 @@ impl Claimer {
                 .filter_map(|l| Some((read_claim(l)?, l)))
                 .collect();
 
-            // 1. One this node holds already: keep the lowest, release the others.
+            // Nodes are listed after the claims (a takeover must not race a new Node).
+            let nodes = nodes().await.context("list nodes")?;
+            let names: BTreeSet<&str> = nodes
+                .iter()
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect();
+            let in_spec = node_cidrs(&nodes);
+            let overlaps_spec = |c: &Ipv4Net| {
+                in_spec
+                    .iter()
+                    .any(|s| s.contains(&c.network()) || c.contains(&s.network()))
+            };
+
+            // 1. One this node holds already, usable (the right size, in the cluster CIDR,
+            // not overlapping a Node's own pod CIDR): keep the lowest, release the others.
             let mut mine: Vec<&(ClaimRecord, &Lease)> = claims
                 .iter()
                 .filter(|(c, _)| c.holder.as_deref() == Some(self.node.as_str()))
                 .collect();
             mine.sort_by_key(|(c, _)| c.cidr);
-            if let Some((c, lease)) = mine.iter().find(|(c, _)| self.cluster.contains(&c.cidr)) {
+            let usable = |c: &Ipv4Net| self.fits(*c) && !overlaps_spec(c);
+            if let Some((c, lease)) = mine.iter().find(|(c, _)| usable(&c.cidr)) {
                 let mut renewed = (*lease).clone();
                 renewed.spec.get_or_insert_with(Default::default).renew_time = Some(now());
                 match self.replace(&renewed).await {
@@ -181,18 +211,6 @@ impl Claimer {
                     Err(e) => return Err(e).context(format!("renew the claim on {}", c.cidr)),
                 }
             }
-
-            let nodes = nodes().await.context("list nodes")?;
-            let names: BTreeSet<&str> = nodes
-                .iter()
-                .filter_map(|n| n.metadata.name.as_deref())
-                .collect();
-            let in_spec = node_cidrs(&nodes);
-            let overlaps_spec = |c: &Ipv4Net| {
-                in_spec
-                    .iter()
-                    .any(|s| s.contains(&c.network()) || c.contains(&s.network()))
-            };
 
             // 2. A stale claim: no holder, or a holder that is no Node.
             let mut stale: Vec<&(ClaimRecord, &Lease)> = claims
@@ -231,7 +249,16 @@ impl Claimer {
                 .map(|(c, _)| c.cidr)
                 .chain(in_spec.iter().copied())
                 .collect();
-            let cidr = podnet_cluster::plan_claim(self.cluster, self.mask, &taken, &self.node)?;
+            let free = |p: &Ipv4Net| {
+                usable(p)
+                    && !taken
+                        .iter()
+                        .any(|t| t.contains(&p.network()) || p.contains(&t.network()))
+            };
+            let cidr = match prefer.filter(free) {
+                Some(p) => p,
+                None => podnet_cluster::plan_claim(self.cluster, self.mask, &taken, &self.node)?,
+            };
             match self
                 .api
                 .create(&PostParams::default(), &self.new_claim(cidr))
@@ -248,6 +275,12 @@ impl Claimer {
         Err(anyhow!(
             "no pod CIDR claimed after {MAX_ROUNDS} rounds: other agents kept winning"
         ))
+    }
+
+    /// Whether a claimed subnet is one this cluster's agents use: the configured size,
+    /// inside the cluster CIDR (a claim left from another configuration is not).
+    pub fn fits(&self, cidr: Ipv4Net) -> bool {
+        cidr.prefix_len() == self.mask && self.cluster.contains(&cidr)
     }
 
     /// Releases every claim this node holds (its Node now has `spec.podCIDR`). Returns

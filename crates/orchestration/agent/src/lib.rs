@@ -118,7 +118,10 @@ pub fn with_malloc_tunables() {
         .args(args)
         .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
         .exec();
-    tracing::warn!(error = %err, "re-executing with GLIBC_TUNABLES failed; running with glibc's defaults");
+    // Logging is not set up yet (this runs first).
+    eprintln!(
+        "podnet: re-executing with GLIBC_TUNABLES failed ({err}); running with glibc's defaults"
+    );
 }
 
 /// The default of `Config::claim_grace`: how long a node must have been seen without
@@ -252,7 +255,14 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
             let mut grace_left: Option<Duration> = None;
             let all = reader.state();
             let claims = lease_reader.state();
-            let held = claim::held_by_node(claims.iter().map(|l| &**l));
+            // Only claims that fit this cluster (as `ensure` keeps): peers are routed to
+            // the subnet their agent uses.
+            let held = claim::held_by_node(
+                claims
+                    .iter()
+                    .map(|l| &**l)
+                    .filter(|l| claim::read_claim(l).is_some_and(|c| claimer.fits(c.cidr))),
+            );
             if let Some(me) = all
                 .iter()
                 .find(|n| n.metadata.name.as_deref() == Some(node_name.as_str()))
@@ -273,14 +283,15 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                     && !in_grace(
                         claim_grace,
                         &mut without_cidr_since,
-                        held.contains_key(&node_name),
+                        held.contains_key(&node_name) || claimed.is_some(),
                         &mut grace_left,
                     )
                 {
-                    match claimer.ensure(&list_nodes).await {
+                    match claimer.ensure_preferring(claimed, &list_nodes).await {
                         Ok(c) => claimed = Some(c),
                         Err(e) => {
-                            claimed = None;
+                            // Whatever the cluster says this node holds, if anything.
+                            claimed = held.get(&node_name).copied();
                             tracing::warn!(error = format!("{e:#}"), "claiming a pod CIDR failed");
                         }
                     }
@@ -404,15 +415,17 @@ fn spawn_kernel_thread(
     Ok(tx)
 }
 
-/// Whether the claim on `claimed` is, by the watch, held by another node or by nobody
-/// (an administrator deleted or released it and someone else may have claimed it). A
-/// claim missing from the watch is not lost: the watch may lag behind the create.
+/// Whether the watch shows no claim on `claimed` held by this node: taken by another
+/// node, released, or deleted (by hand). The agent then claims again, preferring the same
+/// subnet (its pods hold its addresses). Right after this agent's own create the watch may
+/// not show the claim yet; claiming again then only renews it (step 1 of `ensure`).
 fn lost(claimed: Option<ipnet::Ipv4Net>, claims: &[Arc<Lease>], me: &str) -> bool {
     let Some(cidr) = claimed else { return false };
-    claims
+    // Taken by another node, released, or deleted: no claim on it held by this node.
+    !claims
         .iter()
         .filter_map(|l| claim::read_claim(l))
-        .any(|c| c.cidr == cidr && c.holder.as_deref() != Some(me))
+        .any(|c| c.cidr == cidr && c.holder.as_deref() == Some(me))
 }
 
 /// Mirrors one kind into a reflector store, waking the sync loop on every event.

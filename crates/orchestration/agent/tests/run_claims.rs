@@ -1,11 +1,12 @@
 //! `run` end to end with the control plane's pod CIDR allocation off (root; a network
 //! namespace of its own): the agent claims a subnet (a Lease) and writes it into the CNI
 //! config, routes to a peer by the subnet the peer's claim holds, and when its Node gets
-//! `spec.podCIDR` after all, moves to it and releases its claim.
+//! `spec.podCIDR` after all, moves to it and releases its claim. A claim deleted by hand
+//! is made again on the same subnet.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use podnet_agent::claim;
 use podnet_agent::{Config, Mode};
 use podnet_netlink::netns;
@@ -183,6 +184,27 @@ fn the_agent_claims_its_subnet_when_the_cluster_allocates_none() {
                 .into_iter()
                 .collect::<Vec<_>>()
             );
+
+            // Someone deletes this node's claim by hand: the agent claims the same subnet
+            // again (its pods hold addresses from it), not a new one.
+            let claim_name = podnet_cluster::claim_name(mine.parse().unwrap());
+            leases
+                .delete(&claim_name, &DeleteParams::default())
+                .await
+                .unwrap();
+            eventually(
+                "the deleted claim made again, on the same subnet",
+                async || leases.get_opt(&claim_name).await.unwrap().is_some(),
+            )
+            .await;
+            assert!(
+                holders(&leases)
+                    .await
+                    .contains(&(Some("me".into()), mine.clone())),
+                "{:?}",
+                holders(&leases).await
+            );
+            assert!(conflist().contains(&network));
 
             // The control plane allocates after all: spec.podCIDR wins, the claim is
             // given back.

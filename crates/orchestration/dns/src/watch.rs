@@ -153,7 +153,8 @@ pub async fn run(client: kube::Client, shared: Arc<Shared>, config: &Config) -> 
             }
         };
         if !ready && svc_list.listed && eps_list.listed {
-            // The first zone: at once.
+            // The first zone: at once (it holds whatever was due too).
+            due = None;
             commit(&mut state, &shared, &mut last_problems);
             let (services, slices) = state.object_counts();
             tracing::info!(services, slices, "first zone built");
