@@ -8,11 +8,12 @@
 //! running with its state, as a real one would behind a broken network. The agent's
 //! resync period is 1 s, so several resyncs (from its caches) happen during the outage.
 
+mod common;
+
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use podnet_agent::{Config, Mode};
-use podnet_netlink::netns;
+use kube::api::{Api, PostParams};
+use podnet_agent::Config;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -20,13 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
-
-struct Ns(String);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete_named(&self.0);
-    }
-}
 
 /// A TCP relay to the API server that can be cut and restored.
 struct Relay {
@@ -91,18 +85,6 @@ fn data_plane(ns: &str) -> String {
     format!("{routes}\n{tables}")
 }
 
-async fn add_node(api: &Api<Node>, name: &str, ip: &str) {
-    let n: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &n).await.unwrap();
-    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
-
 async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
@@ -114,171 +96,127 @@ async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) ->
 
 #[test]
 fn api_outage_keeps_the_data_plane_and_retries_with_backoff() {
-    let name = format!("pa{}-outage", std::process::id());
-    netns::create_named(&name).unwrap();
-    let ns = Ns(name.clone());
     let conf = tempfile::tempdir().unwrap();
     let conf_dir = conf.path().to_path_buf();
-    let path = netns::named_path(&ns.0);
-    std::thread::spawn(move || {
-        let fd = netns::open(path).unwrap();
-        let _g = netns::enter(&fd).unwrap();
-        for args in [
-            "link set lo up",
-            "link add eth0 type veth peer name eth1",
-            "addr add 192.168.89.1/24 dev eth0",
-            "link set eth0 up",
-            "link set eth1 up",
-        ] {
-            assert!(
-                Command::new("ip")
-                    .args(args.split(' '))
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let api_addr = listener.local_addr().unwrap();
-            tokio::spawn(podnet_apiserver::serve(listener, Default::default()));
-            let (relay, relay_addr) = Relay::start(api_addr).await;
-            // The test's own client goes straight to the API server; the agent's through
-            // the relay.
-            let direct = kube::Client::try_from(kube::Config::new(
-                format!("http://{api_addr}").parse().unwrap(),
-            ))
-            .unwrap();
-            let via_relay = kube::Client::try_from(kube::Config::new(
-                format!("http://{relay_addr}").parse().unwrap(),
-            ))
-            .unwrap();
-            let nodes: Api<Node> = Api::all(direct.clone());
-            add_node(&nodes, "me", "192.168.89.1").await;
-            add_node(&nodes, "peer", "192.168.89.2").await;
-            let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
+    common::in_node_namespace("outage", "192.168.89.1", &[], move |name| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_addr = listener.local_addr().unwrap();
+        tokio::spawn(podnet_apiserver::serve(listener, Default::default()));
+        let (relay, relay_addr) = Relay::start(api_addr).await;
+        // The test's own client goes straight to the API server; the agent's through
+        // the relay.
+        let direct = kube::Client::try_from(kube::Config::new(
+            format!("http://{api_addr}").parse().unwrap(),
+        ))
+        .unwrap();
+        let via_relay = kube::Client::try_from(kube::Config::new(
+            format!("http://{relay_addr}").parse().unwrap(),
+        ))
+        .unwrap();
+        let nodes: Api<Node> = Api::all(direct.clone());
+        common::add_node(&nodes, "me", "192.168.89.1").await;
+        common::add_node(&nodes, "peer", "192.168.89.2").await;
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
                 "spec": {"clusterIP": "10.96.0.70", "ports": [{"port": 80, "targetPort": 8080}]}}))
+        .unwrap();
+        Api::<Service>::namespaced(direct.clone(), "default")
+            .create(&PostParams::default(), &svc)
+            .await
             .unwrap();
-            Api::<Service>::namespaced(direct.clone(), "default")
-                .create(&PostParams::default(), &svc)
-                .await
-                .unwrap();
-            let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "web-1",
+        let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "web-1",
                     "labels": {"kubernetes.io/service-name": "web"}},
                 "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}],
                 "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": true}}]}))
+        .unwrap();
+        Api::<EndpointSlice>::namespaced(direct.clone(), "default")
+            .create(&PostParams::default(), &slice)
+            .await
             .unwrap();
-            Api::<EndpointSlice>::namespaced(direct.clone(), "default")
-                .create(&PostParams::default(), &slice)
-                .await
-                .unwrap();
 
-            let config = Config {
-                node_name: "me".into(),
-                mode: Mode::HostGw,
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                cni_conf_dir: conf_dir.clone(),
-                cni_data_dir: "/var/lib/cni/podnet".into(),
-                underlay_mtu: 1500,
-                metrics_addr: "127.0.0.1:19202".parse().unwrap(),
-                resync: Duration::from_secs(1),
-                proxy_services: true,
-                enforce_policy: true,
-                service_cidr: Some("10.96.0.0/12".parse().unwrap()),
-                masquerade_exceptions: Vec::new(),
-                node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
-                node_cidr_mask: 24,
-                claim_namespace: None,
-                claim_grace: podnet_agent::CLAIM_GRACE,
-            };
-            let agent = tokio::spawn(podnet_agent::run(config, via_relay));
-            let n = name.clone();
-            let limit = Duration::from_secs(10);
-            eventually(
-                "route to the peer and the service programmed",
-                limit,
-                || {
-                    let d = data_plane(&n);
-                    d.contains("via 192.168.89.2") && d.contains("10.244.1.5")
-                },
-            )
-            .await;
-            // Let the first syncs settle, then take the picture.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let before = data_plane(&name);
+        let config = Config {
+            resync: Duration::from_secs(1),
+            ..common::config(conf_dir.clone(), "127.0.0.1:19202")
+        };
+        let agent = tokio::spawn(podnet_agent::run(config, via_relay));
+        let n = name.clone();
+        let limit = Duration::from_secs(10);
+        eventually(
+            "route to the peer and the service programmed",
+            limit,
+            || {
+                let d = data_plane(&n);
+                d.contains("via 192.168.89.2") && d.contains("10.244.1.5")
+            },
+        )
+        .await;
+        // Let the first syncs settle, then take the picture.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = data_plane(&name);
 
-            relay.cut();
-            let cut_at = Instant::now();
-            for second in 1..=8 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                assert_eq!(
-                    data_plane(&name),
-                    before,
-                    "the data plane changed {second} s into the API outage"
-                );
-                assert!(!agent.is_finished(), "the agent ended during the outage");
-            }
-            let attempts: Vec<Duration> = relay
-                .refused
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|t| t.duration_since(cut_at))
-                .collect();
-            // Six watches (nodes, services, endpointslices, pods, namespaces,
-            // networkpolicies) retry with backoff: a handful of attempts each in 8 s, not
-            // a hot loop (which would be thousands).
-            assert!(
-                !attempts.is_empty(),
-                "the agent did not try to reach the API server during the outage"
-            );
-            assert!(
-                attempts.len() <= 6 * 8,
-                "{} connection attempts in 8 s: no backoff ({attempts:?})",
-                attempts.len()
-            );
-            let first_half = attempts
-                .iter()
-                .filter(|t| **t < Duration::from_secs(4))
-                .count();
-            let second_half = attempts.len() - first_half;
-            assert!(
-                second_half <= first_half,
-                "retries did not slow down: {first_half} in 0–4 s, {second_half} in 4–8 s"
-            );
-            eprintln!(
-                "outage: {} attempts ({first_half} in 0–4 s, {second_half} in 4–8 s)",
-                attempts.len()
-            );
-
-            // A node joins while the agent cannot see it; once the API is back the agent
-            // catches up (its backoff is capped, so this is bounded).
-            add_node(&nodes, "late", "192.168.89.3").await;
+        relay.cut();
+        let cut_at = Instant::now();
+        for second in 1..=8 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            assert!(
-                !data_plane(&name).contains("via 192.168.89.3"),
-                "the agent saw a change while the API was unreachable"
+            assert_eq!(
+                data_plane(&name),
+                before,
+                "the data plane changed {second} s into the API outage"
             );
-            relay.restore();
-            let n = name.clone();
-            let took = eventually(
-                "the node added during the outage is followed",
-                Duration::from_secs(40),
-                || data_plane(&n).contains("via 192.168.89.3"),
-            )
-            .await;
-            eprintln!("caught up {took:?} after the API came back");
-            let after = data_plane(&name);
-            assert!(after.contains("via 192.168.89.2"), "{after}");
-            assert!(after.contains("10.244.1.5"), "{after}");
-            agent.abort();
-        });
-    })
-    .join()
-    .expect("agent thread");
+            assert!(!agent.is_finished(), "the agent ended during the outage");
+        }
+        let attempts: Vec<Duration> = relay
+            .refused
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.duration_since(cut_at))
+            .collect();
+        // Six watches (nodes, services, endpointslices, pods, namespaces,
+        // networkpolicies) retry with backoff: a handful of attempts each in 8 s, not
+        // a hot loop (which would be thousands).
+        assert!(
+            !attempts.is_empty(),
+            "the agent did not try to reach the API server during the outage"
+        );
+        assert!(
+            attempts.len() <= 6 * 8,
+            "{} connection attempts in 8 s: no backoff ({attempts:?})",
+            attempts.len()
+        );
+        let first_half = attempts
+            .iter()
+            .filter(|t| **t < Duration::from_secs(4))
+            .count();
+        let second_half = attempts.len() - first_half;
+        assert!(
+            second_half <= first_half,
+            "retries did not slow down: {first_half} in 0–4 s, {second_half} in 4–8 s"
+        );
+        eprintln!(
+            "outage: {} attempts ({first_half} in 0–4 s, {second_half} in 4–8 s)",
+            attempts.len()
+        );
+
+        // A node joins while the agent cannot see it; once the API is back the agent
+        // catches up (its backoff is capped, so this is bounded).
+        common::add_node(&nodes, "late", "192.168.89.3").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !data_plane(&name).contains("via 192.168.89.3"),
+            "the agent saw a change while the API was unreachable"
+        );
+        relay.restore();
+        let n = name.clone();
+        let took = eventually(
+            "the node added during the outage is followed",
+            Duration::from_secs(40),
+            || data_plane(&n).contains("via 192.168.89.3"),
+        )
+        .await;
+        eprintln!("caught up {took:?} after the API came back");
+        let after = data_plane(&name);
+        assert!(after.contains("via 192.168.89.2"), "{after}");
+        assert!(after.contains("10.244.1.5"), "{after}");
+        agent.abort();
+    });
 }

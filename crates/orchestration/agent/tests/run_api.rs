@@ -5,22 +5,15 @@
 //! endpoints refuses at once, an endpoint change is followed, and a UDP client that keeps
 //! its source port follows its Service to a new endpoint (its conntrack entry is deleted).
 
+mod common;
+
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use podnet_agent::{Config, Mode};
-use podnet_netlink::netns;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Ns(String);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete_named(&self.0);
-    }
-}
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -33,18 +26,6 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-async fn add_node(api: &Api<Node>, name: &str, ip: &str) {
-    let n: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &n).await.unwrap();
-    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -68,39 +49,13 @@ fn routes(ns: &str) -> String {
 
 #[test]
 fn agent_runs_against_the_lab_api_server() {
-    let name = format!("pa{}-run", std::process::id());
-    netns::create_named(&name).unwrap();
-    let ns = Ns(name.clone());
     let conf = tempfile::tempdir().unwrap();
     let conf_dir = conf.path().to_path_buf();
-    let path = netns::named_path(&ns.0);
-    std::thread::spawn(move || {
-        let fd = netns::open(path).unwrap();
-        let _g = netns::enter(&fd).unwrap();
-        for args in [
-            "link set lo up",
-            "link add eth0 type veth peer name eth1",
-            "addr add 192.168.88.1/24 dev eth0",
-            "link set eth0 up",
-            "link set eth1 up",
-            // A node's default route covers cluster IPs; this namespace has none.
-            "route add 10.96.0.0/12 dev eth0",
-        ] {
-            assert!(
-                Command::new("ip")
-                    .args(args.split(' '))
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-        // Worker threads are created from this thread, so they start in the namespace too.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+    common::in_node_namespace(
+        "run",
+        "192.168.88.1",
+        &["route add 10.96.0.0/12 dev eth0"],
+        move |name| async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(podnet_apiserver::serve(listener, Default::default()));
@@ -109,26 +64,9 @@ fn agent_runs_against_the_lab_api_server() {
             ))
             .unwrap();
             let api: Api<Node> = Api::all(client.clone());
-            add_node(&api, "me", "192.168.88.1").await;
-            add_node(&api, "peer", "192.168.88.2").await;
-            let config = Config {
-                node_name: "me".into(),
-                mode: Mode::HostGw,
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                cni_conf_dir: conf_dir.clone(),
-                cni_data_dir: "/var/lib/cni/podnet".into(),
-                underlay_mtu: 1500,
-                metrics_addr: "127.0.0.1:19201".parse().unwrap(),
-                resync: Duration::from_secs(60),
-                proxy_services: true,
-                enforce_policy: true,
-                service_cidr: Some("10.96.0.0/12".parse().unwrap()),
-                masquerade_exceptions: Vec::new(),
-                node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
-                node_cidr_mask: 24,
-                claim_namespace: None,
-                claim_grace: podnet_agent::CLAIM_GRACE,
-            };
+            common::add_node(&api, "me", "192.168.88.1").await;
+            common::add_node(&api, "peer", "192.168.88.2").await;
+            let config = common::config(conf_dir.clone(), "127.0.0.1:19201");
             let agent = tokio::spawn(podnet_agent::run(config, client.clone()));
             let file = conf_dir.join("10-podnet.conflist");
             eventually("conflist written", || file.exists()).await;
@@ -164,10 +102,8 @@ fn agent_runs_against_the_lab_api_server() {
                 assert!(metrics.contains(m), "{m} missing in\n{metrics}");
             }
             agent.abort();
-        });
-    })
-    .join()
-    .expect("agent thread");
+        },
+    );
 }
 
 /// Runs on the test namespace's runtime: listeners and clients are inside it.

@@ -4,31 +4,16 @@
 //! `spec.podCIDR` after all, moves to it and releases its claim. A claim deleted by hand
 //! is made again on the same subnet.
 
+mod common;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use podnet_agent::Config;
 use podnet_agent::claim;
-use podnet_agent::{Config, Mode};
-use podnet_netlink::netns;
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Ns(String);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete_named(&self.0);
-    }
-}
-
-async fn add_node(api: &Api<Node>, name: &str, ip: &str) {
-    let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &n).await.unwrap();
-    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
 
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
@@ -68,166 +53,126 @@ async fn holders(api: &Api<Lease>) -> Vec<(Option<String>, String)> {
 
 #[test]
 fn the_agent_claims_its_subnet_when_the_cluster_allocates_none() {
-    let name = format!("pa{}-claim", std::process::id());
-    netns::create_named(&name).unwrap();
-    let ns = Ns(name.clone());
     let conf = tempfile::tempdir().unwrap();
     let conf_dir = conf.path().to_path_buf();
-    let path = netns::named_path(&ns.0);
-    std::thread::spawn(move || {
-        let fd = netns::open(path).unwrap();
-        let _g = netns::enter(&fd).unwrap();
-        for args in [
-            "link set lo up",
-            "link add eth0 type veth peer name eth1",
-            "addr add 192.168.88.1/24 dev eth0",
-            "link set eth0 up",
-            "link set eth1 up",
-        ] {
-            assert!(
-                Command::new("ip")
-                    .args(args.split(' '))
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let server = podnet_apiserver::Config {
-                allocate_node_cidrs: false,
-                ..Default::default()
-            };
-            tokio::spawn(podnet_apiserver::serve(listener, server));
-            let client = kube::Client::try_from(kube::Config::new(
-                format!("http://{addr}").parse().unwrap(),
-            ))
-            .unwrap();
-            let namespace: Namespace =
-                serde_json::from_value(json!({"metadata": {"name": "podnet-system"}})).unwrap();
-            Api::<Namespace>::all(client.clone())
-                .create(&PostParams::default(), &namespace)
-                .await
+    common::in_node_namespace("claim", "192.168.88.1", &[], move |name| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = podnet_apiserver::Config {
+            allocate_node_cidrs: false,
+            ..Default::default()
+        };
+        tokio::spawn(podnet_apiserver::serve(listener, server));
+        let client =
+            kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
                 .unwrap();
-            let nodes: Api<Node> = Api::all(client.clone());
-            add_node(&nodes, "me", "192.168.88.1").await;
-            add_node(&nodes, "peer", "192.168.88.2").await;
-            // The peer's agent has claimed 10.244.77.0/24.
-            let leases: Api<Lease> = Api::namespaced(client.clone(), "podnet-system");
-            let peer: Lease = serde_json::from_value(json!({
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "podnet-system"}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+        let nodes: Api<Node> = Api::all(client.clone());
+        common::add_node(&nodes, "me", "192.168.88.1").await;
+        common::add_node(&nodes, "peer", "192.168.88.2").await;
+        // The peer's agent has claimed 10.244.77.0/24.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "podnet-system");
+        let peer: Lease = serde_json::from_value(json!({
                 "metadata": {"name": "podcidr-10-244-77-0-24",
                              "labels": {claim::CLAIM_LABEL: claim::CLAIM_LABEL_VALUE}},
                 "spec": {"holderIdentity": "peer"}}))
-            .unwrap();
-            leases.create(&PostParams::default(), &peer).await.unwrap();
+        .unwrap();
+        leases.create(&PostParams::default(), &peer).await.unwrap();
 
-            let config = Config {
-                node_name: "me".into(),
-                mode: Mode::HostGw,
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                cni_conf_dir: conf_dir.clone(),
-                cni_data_dir: "/var/lib/cni/podnet".into(),
-                underlay_mtu: 1500,
-                metrics_addr: "127.0.0.1:19211".parse().unwrap(),
-                resync: Duration::from_secs(60),
-                proxy_services: false,
-                enforce_policy: false,
-                service_cidr: None,
-                masquerade_exceptions: Vec::new(),
-                node_port_range: podnet_services::DEFAULT_NODE_PORT_RANGE,
-                node_cidr_mask: 24,
-                claim_namespace: Some("podnet-system".into()),
-                claim_grace: Duration::from_millis(300),
-            };
-            let agent = tokio::spawn(podnet_agent::run(config, client.clone()));
-            let file = conf_dir.join("10-podnet.conflist");
-            let conflist = || std::fs::read_to_string(&file).unwrap_or_default();
+        let config = Config {
+            resync: Duration::from_secs(60),
+            proxy_services: false,
+            enforce_policy: false,
+            service_cidr: None,
+            claim_namespace: Some("podnet-system".into()),
+            claim_grace: Duration::from_millis(300),
+            ..common::config(conf_dir.clone(), "127.0.0.1:19211")
+        };
+        let agent = tokio::spawn(podnet_agent::run(config, client.clone()));
+        let file = conf_dir.join("10-podnet.conflist");
+        let conflist = || std::fs::read_to_string(&file).unwrap_or_default();
 
-            // Its claim: one Lease held by "me", the subnet in the CNI config.
-            let mut mine = String::new();
-            eventually("a claim held by me", async || {
-                let h = holders(&leases).await;
-                match h.iter().find(|(n, _)| n.as_deref() == Some("me")) {
-                    Some((_, c)) => {
-                        mine = c.clone();
-                        true
-                    }
-                    None => false,
+        // Its claim: one Lease held by "me", the subnet in the CNI config.
+        let mut mine = String::new();
+        eventually("a claim held by me", async || {
+            let h = holders(&leases).await;
+            match h.iter().find(|(n, _)| n.as_deref() == Some("me")) {
+                Some((_, c)) => {
+                    mine = c.clone();
+                    true
                 }
-            })
-            .await;
-            assert_ne!(mine, "10.244.77.0/24");
-            let network = mine.split('/').next().unwrap().to_string();
-            eventually("conflist with the claimed subnet", async || {
-                conflist().contains(&network)
-            })
-            .await;
-            let ns_name = name.clone();
-            eventually("route to the peer's claimed subnet", async || {
-                routes(&ns_name).contains("10.244.77.0/24 via 192.168.88.2")
-            })
-            .await;
-            assert_eq!(
-                holders(&leases).await,
-                vec![
-                    (Some("me".into()), mine.clone()),
-                    (Some("peer".into()), "10.244.77.0/24".into())
-                ]
-                .into_iter()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>()
-            );
+                None => false,
+            }
+        })
+        .await;
+        assert_ne!(mine, "10.244.77.0/24");
+        let network = mine.split('/').next().unwrap().to_string();
+        eventually("conflist with the claimed subnet", async || {
+            conflist().contains(&network)
+        })
+        .await;
+        let ns_name = name.clone();
+        eventually("route to the peer's claimed subnet", async || {
+            routes(&ns_name).contains("10.244.77.0/24 via 192.168.88.2")
+        })
+        .await;
+        assert_eq!(
+            holders(&leases).await,
+            vec![
+                (Some("me".into()), mine.clone()),
+                (Some("peer".into()), "10.244.77.0/24".into())
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
 
-            // Someone deletes this node's claim by hand: the agent claims the same subnet
-            // again (its pods hold addresses from it), not a new one.
-            let claim_name = podnet_cluster::claim_name(mine.parse().unwrap());
-            leases
-                .delete(&claim_name, &DeleteParams::default())
+        // Someone deletes this node's claim by hand: the agent claims the same subnet
+        // again (its pods hold addresses from it), not a new one.
+        let claim_name = podnet_cluster::claim_name(mine.parse().unwrap());
+        leases
+            .delete(&claim_name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            "the deleted claim made again, on the same subnet",
+            async || leases.get_opt(&claim_name).await.unwrap().is_some(),
+        )
+        .await;
+        assert!(
+            holders(&leases)
                 .await
-                .unwrap();
-            eventually(
-                "the deleted claim made again, on the same subnet",
-                async || leases.get_opt(&claim_name).await.unwrap().is_some(),
-            )
-            .await;
-            assert!(
-                holders(&leases)
-                    .await
-                    .contains(&(Some("me".into()), mine.clone())),
-                "{:?}",
-                holders(&leases).await
-            );
-            assert!(conflist().contains(&network));
+                .contains(&(Some("me".into()), mine.clone())),
+            "{:?}",
+            holders(&leases).await
+        );
+        assert!(conflist().contains(&network));
 
-            // The control plane allocates after all: spec.podCIDR wins, the claim is
-            // given back.
-            let spec = json!({"spec": {"podCIDR": "10.244.200.0/24"}});
-            nodes
-                .patch("me", &PatchParams::default(), &Patch::Merge(&spec))
+        // The control plane allocates after all: spec.podCIDR wins, the claim is
+        // given back.
+        let spec = json!({"spec": {"podCIDR": "10.244.200.0/24"}});
+        nodes
+            .patch("me", &PatchParams::default(), &Patch::Merge(&spec))
+            .await
+            .unwrap();
+        eventually("conflist with spec.podCIDR", async || {
+            conflist().contains("10.244.200.0")
+        })
+        .await;
+        eventually("claim released", async || {
+            holders(&leases)
                 .await
-                .unwrap();
-            eventually("conflist with spec.podCIDR", async || {
-                conflist().contains("10.244.200.0")
-            })
-            .await;
-            eventually("claim released", async || {
-                holders(&leases)
-                    .await
-                    .iter()
-                    .any(|(n, c)| n.is_none() && *c == mine)
-            })
-            .await;
-            assert!(routes(&name).contains("10.244.77.0/24 via 192.168.88.2"));
-            agent.abort();
-        });
-    })
-    .join()
-    .expect("agent thread");
+                .iter()
+                .any(|(n, c)| n.is_none() && *c == mine)
+        })
+        .await;
+        assert!(routes(&name).contains("10.244.77.0/24 via 192.168.88.2"));
+        agent.abort();
+    });
 }
