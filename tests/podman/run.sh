@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# podman-on-podnet: podman (CNI network backend) runs two containers on a podnet network,
-# and they reach each other by IP.
+# podman-on-podnet: podnet's container image is built from `Containerfile`, its
+# `install-cni` puts the plugin in a CNI plugin directory, and podman (CNI network
+# backend) runs two containers on a podnet network with that plugin; they reach each
+# other by IP.
 #
-#   sudo PODNET_BIN=/path/to/podnet tests/podman/run.sh
+#   sudo PODNET_IMAGE_BIN=target/image/podnet tests/podman/run.sh
+#   (scripts/build-image --binary-only makes target/image/podnet)
 #
 # Needs root and the Debian packages podman, runc, busybox-static,
 # containernetworking-plugins, iproute2 (and util-linux, coreutils). Prints progress lines
 # and, on success, exactly one line "podman-on-podnet: 1 passed, 0 failed" (the last);
 # on failure "podman-on-podnet: FAIL: <reason>" and exit status 1. A run takes ~2 s.
 #
-# What it checks: podman starts two containers on the network "podnet" (plugin type
+# What it checks: `podman build -f Containerfile` with the static binary as the context
+# gives an image whose whole file system is the one file /podnet, under 40 MB; the image
+# runs (`--version`); `podman run -v DIR:/host/opt/cni/bin IMAGE install-cni` leaves in
+# DIR an executable `podnet` identical to the binary and nothing else; the agent run from
+# the image as the DaemonSet runs it (capabilities, read-only root, in-cluster API access
+# over HTTPS with a service account token and CA) against `podnet apiserver` from the
+# image gets healthy, writes its conflist and programs its nf_tables table. The installed copy is the plugin for the rest. Then podman starts two containers on the network "podnet" (plugin type
 # "podnet"), each gets an address in 10.88.77.0/24 from podnet's IPAM, each fetches a
 # page naming the other from the other's IP over HTTP, and after `podman rm -f` podnet's
 # IPAM table no longer holds their addresses and no veth is left.
@@ -38,7 +47,8 @@
 #   the namespace, the directory.
 #
 # Environment:
-#   PODNET_BIN        the podnet binary (default: target/debug/podnet of this repo)
+#   PODNET_IMAGE_BIN  the static podnet binary the image is built from (default:
+#                     target/image/podnet of this repo, from scripts/build-image)
 #   PODNET_CNI_TRACE  1 = put a logging shim in front of the plugin and print every CNI
 #                     call podman made (verb, stdin, stdout, stderr, exit status)
 #   KEEP_TMP          1 = keep the temporary directory (for debugging; it is printed)
@@ -47,7 +57,9 @@ set -Eeuo pipefail
 
 TEST=podman-on-podnet
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PODNET_BIN=${PODNET_BIN:-$REPO/target/debug/podnet}
+PODNET_IMAGE_BIN=${PODNET_IMAGE_BIN:-$REPO/target/image/podnet}
+PODNET_IMAGE=localhost/podnet:test
+IMAGE_MAX_BYTES=$((40 * 1000 * 1000))
 NET=podnet
 BRIDGE=pn-pm0
 SUBNET=10.88.77.0/24
@@ -188,6 +200,10 @@ need podman podman
 need conmon conmon
 need runc runc
 need ip iproute2
+need readelf binutils
+need nft nftables
+need openssl openssl
+need cmp diffutils
 need nsenter util-linux
 need unshare util-linux
 need timeout coreutils
@@ -198,15 +214,20 @@ if command -v ldd >/dev/null && ldd /bin/busybox >/dev/null 2>&1; then
 fi
 [[ -x /usr/lib/cni/loopback ]] ||
     die "/usr/lib/cni/loopback not found: install the Debian package 'containernetworking-plugins'"
-[[ -x $PODNET_BIN && -f $PODNET_BIN ]] ||
-    die "podnet binary '$PODNET_BIN' not found or not executable (set PODNET_BIN)"
-PODNET_BIN=$(readlink -f "$PODNET_BIN")
-say "podman $(podman --version | awk '{print $NF}'), runc $(runc --version | awk 'NR==1{print $NF}'), plugin $PODNET_BIN"
+[[ -x $PODNET_IMAGE_BIN && -f $PODNET_IMAGE_BIN ]] ||
+    die "podnet binary '$PODNET_IMAGE_BIN' not found or not executable (scripts/build-image --binary-only makes it; or set PODNET_IMAGE_BIN)"
+PODNET_IMAGE_BIN=$(readlink -f "$PODNET_IMAGE_BIN")
+if readelf -l "$PODNET_IMAGE_BIN" | grep -q 'program interpreter'; then
+    die "$PODNET_IMAGE_BIN is dynamically linked: the image needs the static build (scripts/build-image)"
+fi
+say "podman $(podman --version | awk '{print $NF}'), runc $(runc --version | awk 'NR==1{print $NF}'), image binary $PODNET_IMAGE_BIN"
 
 # ---------------------------------------------------------------------------- setup
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pn-podman.XXXXXX") # must not be noexec
 chmod 755 "$WORK"
-mkdir -p "$WORK"/{bin,cni-bin,net.d,ipam,storage,run,tmp,rootfs}
+mkdir -p "$WORK"/{bin,cni-bin,cni-install,image-context,net.d,ipam,storage,run,tmp,rootfs}
+# The plugin podman runs: the copy podnet's image installs (below).
+PODNET_BIN=$WORK/cni-install/podnet
 for d in /var/lib/cni /var/lib/cni/results; do
     [[ -e $d ]] || NEW_DIRS+=("$d")
 done
@@ -323,6 +344,107 @@ err=$(unshare --mount --propagation private -- sh -c \
     'mount -t tmpfs -o size=16m,mode=755 pn-podman-import /var/lib && exec "$@"' sh \
     "$WORK/podman.sh" import --quiet "$WORK/rootfs.tar" "$IMAGE" 2>&1 >/dev/null) ||
     die "podman import failed: $err"
+
+# ---------------------------------------------------------------------------- podnet's image
+# Built and run as a cluster would: the image from Containerfile, then its init container's
+# command with the node's plugin directory mounted, read-only root, no capabilities.
+# `podman build`/`run` of an image with no registry behind it write
+# /var/lib/containers/cache like `import` does: the same private tmpfs.
+in_private_var_lib() {
+    unshare --mount --propagation private -- sh -c \
+        'mount -t tmpfs -o size=16m,mode=755 pn-podman-build /var/lib && exec "$@"' sh "$@"
+}
+say "building $PODNET_IMAGE from $REPO/Containerfile"
+cp "$PODNET_IMAGE_BIN" "$WORK/image-context/podnet"
+err=$(in_private_var_lib "$WORK/podman.sh" build --quiet -f "$REPO/Containerfile" \
+    -t "$PODNET_IMAGE" "$WORK/image-context" 2>&1 >/dev/null) ||
+    die "podman build -f Containerfile failed: $err"
+mnt=$(pm image mount "$PODNET_IMAGE" 2>&1) || die "podman image mount failed: $mnt"
+files=$(cd "$mnt" && find . -mindepth 1 | sort | tr '\n' ' ')
+pm image unmount "$PODNET_IMAGE" >/dev/null 2>&1 || true
+[[ $files == "./podnet " ]] || die "the image holds more than /podnet: $files"
+size=$(pm image inspect --format '{{.Size}}' "$PODNET_IMAGE") || die "podman image inspect failed"
+((size < IMAGE_MAX_BYTES)) || die "the image is $size bytes, over $IMAGE_MAX_BYTES"
+say "image $PODNET_IMAGE: one file (/podnet), $size bytes"
+ver=$(in_private_var_lib "$WORK/podman.sh" run --rm --network none \
+    --cgroup-parent "$CGROUP_PARENT" "$PODNET_IMAGE" --version 2>&1) ||
+    die "podman run $PODNET_IMAGE --version failed: $ver"
+[[ $ver == "podnet "* ]] || die "podman run $PODNET_IMAGE --version said '$ver'"
+say "podman run $PODNET_IMAGE --version: $ver"
+out=$(in_private_var_lib "$WORK/podman.sh" run --rm --network none --read-only --cap-drop all \
+    --user 0 --cgroup-parent "$CGROUP_PARENT" -v "$WORK/cni-install:/host/opt/cni/bin" \
+    "$PODNET_IMAGE" install-cni 2>&1) || die "podman run $PODNET_IMAGE install-cni failed: $out"
+say "podman run $PODNET_IMAGE install-cni: $out"
+installed=$(ls -A "$WORK/cni-install" | tr '\n' ' ')
+[[ $installed == "podnet " ]] || die "install-cni left '$installed' in the plugin directory"
+[[ -x $PODNET_BIN ]] || die "install-cni left $PODNET_BIN not executable"
+cmp -s "$PODNET_IMAGE_BIN" "$PODNET_BIN" || die "the installed $PODNET_BIN differs from the image's binary"
+say "installed plugin $PODNET_BIN: executable, identical to the image's /podnet"
+
+# The agent from the image, as the DaemonSet runs it: host network (here: our namespace),
+# read-only root, no capabilities but NET_ADMIN and SYS_ADMIN, the CNI config directory
+# mounted, in-cluster API access (KUBERNETES_SERVICE_HOST/PORT, the service account's
+# token and CA mounted where a pod has them: HTTPS with a bearer token, the CA from the
+# mount — the image has no trust store). The control plane is the image too (`podnet
+# apiserver` with a TLS certificate for 127.0.0.1 and a token file). The agent must get
+# healthy, write the conflist and program its nf_tables masquerade table — over netlink:
+# the image has no `nft`.
+nsenter --net="/run/netns/$NS" sh -c 'ip link set lo up && echo 1 >/proc/sys/net/ipv4/ip_forward'
+mkdir -p "$WORK/agent-net.d" "$WORK/pki" "$WORK/sa"
+(
+    cd "$WORK/pki"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 1 -subj /CN=pn-podman-ca
+    openssl req "${ec[@]}" -keyout srv.key -out srv.csr -subj /CN=kube-apiserver
+    printf 'subjectAltName=IP:127.0.0.1\n' >san.ext
+    openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt \
+        -days 1 -extfile san.ext
+) >"$WORK/pki/openssl.log" 2>&1 || die "openssl: $(cat "$WORK/pki/openssl.log")"
+TOKEN=pn-podman-$RANDOM$RANDOM$RANDOM
+printf '%s,system:serviceaccount:podnet-system:podnet-agent,agent-uid\n' "$TOKEN" >"$WORK/pki/tokens.csv"
+cp "$WORK/pki/ca.crt" "$WORK/sa/ca.crt"
+printf '%s' "$TOKEN" >"$WORK/sa/token"
+printf 'podnet-system' >"$WORK/sa/namespace"
+say "starting podnet apiserver (HTTPS, tokens) and podnet agent (in-cluster) from $PODNET_IMAGE"
+err=$(pm run -d --name pn-apiserver --network host --read-only --cap-drop all \
+    --cgroup-parent "$CGROUP_PARENT" -v "$WORK/pki:/pki:ro" "$PODNET_IMAGE" \
+    apiserver --listen 127.0.0.1:6443 --tls-cert /pki/srv.crt --tls-key /pki/srv.key \
+    --token-file /pki/tokens.csv 2>&1 >/dev/null) ||
+    die "podman run $PODNET_IMAGE apiserver failed: $err"
+KUBECTL=$(command -v kubectl) || die "kubectl not found (scripts/setup installs kubernetes-client)"
+kc() { # kubectl against the apiserver, in our namespace, with the agent's token
+    nsenter --net="/run/netns/$NS" timeout 20 "$KUBECTL" --server https://127.0.0.1:6443 \
+        --certificate-authority "$WORK/pki/ca.crt" --token "$TOKEN" "$@"
+}
+for i in $(seq 1 40); do kc get nodes >/dev/null 2>&1 && break; sleep 0.25; done
+out=$(printf '%s' '{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-1"},"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"}]}}' |
+    kc create -f - 2>&1) || die "creating Node node-1 failed: $out"
+err=$(pm run -d --name pn-agent --network host --read-only --cap-drop all \
+    --cap-add NET_ADMIN --cap-add SYS_ADMIN --user 0 --cgroup-parent "$CGROUP_PARENT" \
+    -e KUBERNETES_SERVICE_HOST=127.0.0.1 -e KUBERNETES_SERVICE_PORT=6443 -e NODE_NAME=node-1 \
+    -v "$WORK/sa:/var/run/secrets/kubernetes.io/serviceaccount:ro" \
+    -v "$WORK/agent-net.d:/etc/cni/net.d" "$PODNET_IMAGE" \
+    agent --metrics-addr 127.0.0.1:9102 --cni-conf-dir /etc/cni/net.d 2>&1 >/dev/null) ||
+    die "podman run $PODNET_IMAGE agent failed: $err"
+healthz() { # 0 when the agent's /healthz answers 200 (HTTP/1.0 over bash's /dev/tcp)
+    nsenter --net="/run/netns/$NS" timeout 3 bash -c '
+        exec 3<>/dev/tcp/127.0.0.1/9102 || exit 1
+        printf "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3
+        head -c 12 <&3' 2>/dev/null | grep -q '^HTTP/1.. 200'
+}
+healthy=0
+for i in $(seq 1 60); do
+    healthz && { healthy=1; break; }
+    sleep 0.25
+done
+((healthy)) || die "the agent from the image never got healthy: $(pm logs pn-agent 2>&1 | tail -5)"
+[[ -f $WORK/agent-net.d/10-podnet.conflist ]] || die "the agent did not write its conflist"
+nat=$(nsenter --net="/run/netns/$NS" nft list table ip podnet-nat 2>&1) ||
+    die "no podnet-nat table after the agent from the image synced: $nat"
+[[ $nat == *masquerade* ]] || die "the podnet-nat table has no masquerade rule: $nat"
+say "agent from the image: in-cluster over HTTPS, healthy, conflist written, table ip podnet-nat programmed"
+err=$(pm rm -f -t 0 pn-agent pn-apiserver 2>&1 >/dev/null) || die "podman rm agent/apiserver failed: $err"
+nsenter --net="/run/netns/$NS" nft delete table ip podnet-nat
 
 nets=$(pm network ls --format '{{.Name}}' 2>"$WORK/net.err") ||
     die "podman network ls failed: $(cat "$WORK/net.err")"

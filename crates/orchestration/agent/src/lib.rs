@@ -156,6 +156,19 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How soon a failed sync is retried (capped by `Config::resync`).
 pub const RETRY: Duration = Duration::from_secs(2);
 
+/// The longest one claim request (create, update, release of a pod CIDR Lease) may hold
+/// up the node sync loop. A black-holed API server (packets dropped, no reset) would
+/// otherwise stall the loop for the client's read timeout (minutes), and with it the
+/// routes to nodes the watches already know. The claim is tried again on the next pass.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `f`, or an error once [`CLAIM_TIMEOUT`] has passed without an answer.
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CLAIM_TIMEOUT, f).await.map_err(|_| {
+        anyhow::anyhow!("{what}: no answer from the API server within {CLAIM_TIMEOUT:?}")
+    })?
+}
+
 type SyncRequest = (Vec<NodeInfo>, oneshot::Sender<Result<SyncReport>>);
 
 /// Runs until the future is dropped or a fatal error. Runs in the caller's network namespace.
@@ -270,7 +283,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                 if sync::spec_pod_cidr(me).is_some() {
                     // The control plane's allocation wins: give claims back.
                     if claimed.take().is_some() || held.contains_key(&node_name) {
-                        match claimer.release_all().await {
+                        match bounded("release claims", claimer.release_all()).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(
                                 released = n,
@@ -287,7 +300,12 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                         &mut grace_left,
                     )
                 {
-                    match claimer.ensure_preferring(claimed, &list_nodes).await {
+                    match bounded(
+                        "claim a pod CIDR",
+                        claimer.ensure_preferring(claimed, &list_nodes),
+                    )
+                    .await
+                    {
                         Ok(c) => claimed = Some(c),
                         Err(e) => {
                             // Whatever the cluster says this node holds, if anything.

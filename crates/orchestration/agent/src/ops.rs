@@ -1,7 +1,7 @@
 //! Apply (behind capability traits): the node's kernel as the agent sees it — podnet's
 //! routes, VXLAN device, FDB and neighbours (`NodeNetOps`) and its nftables table
-//! (`NftOps`). `Linux*` speak netlink / run `nft`; `Fake*` are stateful models that count
-//! writes, for sync tests without a kernel.
+//! (`NftOps`). `Linux*` speak netlink (rtnetlink, nf_tables); `Fake*` are stateful models
+//! that count writes, for sync tests without a kernel.
 //!
 //! Invariant: `apply` performs exactly the writes listed in `Changes`, in their order,
 //! never a flush; deletes that find nothing and appends that find the entry are success
@@ -10,14 +10,14 @@
 
 use anyhow::{Context, Result, anyhow};
 use ipnet::{IpNet, Ipv4Net};
+use podnet_netlink::nftables::Nftables;
 use podnet_netlink::{FdbEntry, Neighbour, Netlink, Op, RouteSpec, VxlanSpec};
+use podnet_nft::{Table, Transaction};
 use podnet_nodenet::{
     Changes, Fdb, KernelState, Neigh, ROUTE_PROTOCOL, Route, VXLAN_DEVICE, VxlanDevice, VxlanState,
 };
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 /// The kernel objects podnet owns on a node.
 pub trait NodeNetOps {
@@ -31,8 +31,8 @@ pub trait NodeNetOps {
 
 /// The node's nftables table.
 pub trait NftOps {
-    /// Applies an `nft -f` script as one transaction.
-    fn apply_script(&mut self, script: &str) -> Result<()>;
+    /// Replaces `table` whole (created if missing) in one atomic transaction.
+    fn replace_table(&mut self, table: &Table) -> Result<()>;
 }
 
 /// [`NodeNetOps`] over rtnetlink, in the namespace the socket was opened in.
@@ -282,35 +282,16 @@ impl NodeNetOps for LinuxNodeNet {
     }
 }
 
-/// [`NftOps`] through the `nft` binary (`nft -f -`, one atomic transaction). The child
-/// inherits the calling thread's network namespace.
+/// [`NftOps`] over nf_tables netlink, in the calling thread's network namespace (a socket
+/// per transaction: the table changes only when nodes or settings do).
 #[derive(Debug, Default)]
 pub struct LinuxNft;
 
 impl NftOps for LinuxNft {
-    fn apply_script(&mut self, script: &str) -> Result<()> {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("run nft")?;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(script.as_bytes())
-            .context("write to nft")?;
-        let out = child.wait_with_output().context("wait for nft")?;
-        if !out.status.success() {
-            return Err(anyhow!(
-                "nft -f failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(())
+    fn replace_table(&mut self, table: &Table) -> Result<()> {
+        let mut nft = Nftables::open().context("open nf_tables netlink")?;
+        nft.apply(&Transaction::replace_table(table))
+            .with_context(|| format!("replace table ip {}", table.name))
     }
 }
 
@@ -410,15 +391,15 @@ impl NodeNetOps for FakeNodeNet {
     }
 }
 
-/// Records the scripts it was given.
+/// Records the tables it was given, rendered (`podnet_nft::render_table`).
 #[derive(Debug, Default, Clone)]
 pub struct FakeNft {
     pub scripts: Vec<String>,
 }
 
 impl NftOps for FakeNft {
-    fn apply_script(&mut self, script: &str) -> Result<()> {
-        self.scripts.push(script.to_string());
+    fn replace_table(&mut self, table: &Table) -> Result<()> {
+        self.scripts.push(podnet_nft::render_table(table));
         Ok(())
     }
 }

@@ -49,7 +49,7 @@ pub struct Syncer<N, F> {
     pub config: SyncConfig,
     pub net: N,
     pub nft: F,
-    last_nft: Option<String>,
+    last_nft: Option<podnet_nft::Table>,
     forwarding: bool,
 }
 
@@ -134,12 +134,12 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
         }
 
         let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| n.ip).collect();
-        let script =
+        let table =
             render_masquerade(cfg.cluster_cidr, &cfg.masquerade_exceptions, &ips, cfg.mode);
-        if self.last_nft.as_deref() != Some(script.as_str()) {
-            match self.nft.apply_script(&script) {
+        if self.last_nft.as_ref() != Some(&table) {
+            match self.nft.replace_table(&table) {
                 Ok(()) => {
-                    self.last_nft = Some(script);
+                    self.last_nft = Some(table);
                     report.nft_applied = true;
                     report.kernel_writes += 1;
                 }

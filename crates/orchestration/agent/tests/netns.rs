@@ -418,14 +418,14 @@ fn replacing_the_nat_table_keeps_established_connections() {
     in_ns(&n1, || {
         let mut nft = LinuxNft;
         let cidr = "10.244.0.0/16".parse().unwrap();
-        nft.apply_script(&render_masquerade(
+        nft.replace_table(&render_masquerade(
             cidr,
             &[],
             &["192.168.77.9".parse().unwrap()],
             podnet_nodenet::Mode::Vxlan,
         ))
         .unwrap();
-        nft.apply_script(&render_masquerade(
+        nft.replace_table(&render_masquerade(
             cidr,
             &[],
             &[],

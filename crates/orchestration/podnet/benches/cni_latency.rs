@@ -2,6 +2,10 @@
 //! `host-local` plugins on the same configuration, in one run.
 //!
 //!     cargo bench -p podnet --bench cni_latency [-- ROUNDS]
+//!     PODNET_BIN=target/image/podnet cargo bench -p podnet --bench cni_latency
+//!
+//! `PODNET_BIN` picks the podnet binary to time (default: this build's release binary);
+//! `target/image/podnet` is the static one the image ships (scripts/build-image).
 //!
 //! Both plugins are exec'd the same way (a child spawned from a thread inside the node's
 //! namespace, no `ip netns exec`), one attachment per fresh pod namespace, interleaved
@@ -24,6 +28,10 @@ fn main() {
         std::path::Path::new(REFERENCE_BRIDGE).exists(),
         "install containernetworking-plugins first"
     );
+    let podnet = std::env::var("PODNET_BIN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| PODNET.to_string());
     let mut node = Node::new();
     let podnet_conf = node.conf("1.0.0", r#"[[{"subnet": "10.98.0.0/24"}]]"#);
     let ref_conf = format!(
@@ -54,10 +62,11 @@ fn main() {
             out.ok();
             took
         };
-        let fl = timed(&|| exec_in(&node.node, PODNET, &[("CNI_COMMAND", "VERSION")], version));
-        let pa = timed(&|| node.add(&podnet_conf, &id, &pp));
+        let fl = timed(&|| exec_in(&node.node, &podnet, &[("CNI_COMMAND", "VERSION")], version));
+        let ours = |cmd: &str| exec_in(&node.node, &podnet, &attach_env(cmd, &id, &pp), &podnet_conf);
+        let pa = timed(&|| ours("ADD"));
         let ra = timed(&|| reference("ADD", &pr));
-        let pd = timed(&|| node.del(&podnet_conf, &id, &pp));
+        let pd = timed(&|| ours("DEL"));
         let rd = timed(&|| reference("DEL", &pr));
         if i >= warmup {
             for (v, d) in t.iter_mut().zip([pa, pd, ra, rd]) {
@@ -78,6 +87,7 @@ fn main() {
     println!(
         "CNI latency, {rounds} rounds (+{warmup} warm-up), one fresh pod namespace per attachment"
     );
+    println!("podnet: {podnet}");
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>14} {:>8}",
         "verb", "podnet p50", "podnet p90", "ref p50", "ref p90", "ratio"

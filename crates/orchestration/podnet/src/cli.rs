@@ -40,6 +40,13 @@ enum Cmd {
     Kubelet(crate::roles::KubeletArgs),
     /// The built-in echo workload (configured by environment, as the pod runtime starts it).
     Echo,
+    /// Copy this binary into DIR as the CNI plugin `podnet`, atomically (the agent
+    /// DaemonSet's init container runs this with the node's /opt/cni/bin mounted at DIR).
+    InstallCni {
+        /// The node's CNI plugin directory, as mounted in the container.
+        #[arg(default_value = "/host/opt/cni/bin")]
+        dir: PathBuf,
+    },
     /// Internal: delete a veth pair the CNI plugin's DEL retired (run detached by DEL).
     #[command(hide = true)]
     ReapLink { name: String },
@@ -152,6 +159,7 @@ pub fn run() -> Result<()> {
         Cmd::Apiserver(a) => crate::roles::apiserver(a),
         Cmd::Kubelet(a) => crate::roles::kubelet(a),
         Cmd::Echo => podnet_kubelet::echo::run_from_env(),
+        Cmd::InstallCni { dir } => install_cni(&dir),
         Cmd::SctpProbe { addr, timeout_ms } => {
             let r =
                 podnet_kubelet::sctp::probe(addr, std::time::Duration::from_millis(timeout_ms))?;
@@ -197,6 +205,41 @@ pub fn run() -> Result<()> {
 }
 
 /// `"a<sep>b"` → `("a", "b")`, or an error saying what was wanted.
+/// Copies the running binary to `dir/podnet` under a temporary name, then renames it
+/// over the old one: a runtime executing the plugin during an upgrade runs either the old
+/// or the new file, never a half-written one (the running old binary's inode stays valid).
+fn install_cni(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let me = std::env::current_exe().context("find the running binary")?;
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory (mount the node's /opt/cni/bin there)", dir.display());
+    }
+    let target = dir.join("podnet");
+    let tmp = dir.join(format!(".podnet.tmp.{}", std::process::id()));
+    let copy = || -> Result<u64> {
+        let n = std::fs::copy(&me, &tmp)
+            .with_context(|| format!("copy {} to {}", me.display(), tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", tmp.display()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("sync {}", tmp.display()))?;
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("rename {} to {}", tmp.display(), target.display()))?;
+        Ok(n)
+    };
+    match copy() {
+        Ok(n) => {
+            println!("installed {} ({n} bytes)", target.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 fn split_pair(s: &str, sep: char, wanted: &'static str) -> Result<(String, String)> {
     s.split_once(sep)
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -21,6 +21,8 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
 const PODNET: &str = env!("CARGO_BIN_EXE_podnet");
@@ -539,10 +541,20 @@ fn agent_daemonset_runs_on_every_node_with_just_its_privileges() {
     let init = spec.init_containers.clone().unwrap_or_default();
     assert_eq!(init.len(), 1);
     assert_eq!(init[0].image.as_deref(), Some(IMAGE));
-    let script = init[0].args.clone().unwrap_or_default().join(" ");
-    let cp = script.find("cp /usr/local/bin/podnet /host/opt/cni/bin/.podnet.tmp");
-    let mv = script.find("mv -f /host/opt/cni/bin/.podnet.tmp /host/opt/cni/bin/podnet");
-    assert!(cp.is_some() && mv.is_some() && cp < mv, "{script}");
+    // The image is the one binary (no shell): its own `install-cni` does the copy, into
+    // the mounted node directory (tests/podman/run.sh runs exactly this with podman).
+    assert_eq!(init[0].command, None);
+    assert_eq!(
+        init[0].args.clone().unwrap_or_default(),
+        ["install-cni", "/host/opt/cni/bin"]
+    );
+    let mounts: Vec<(String, String)> = init[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.clone(), m.mount_path.clone()))
+        .collect();
+    assert_eq!(mounts, [("cni-bin".to_string(), "/host/opt/cni/bin".to_string())]);
     let (add, drop) = capabilities(&init[0]);
     assert!(add.is_empty());
     assert_eq!(drop, set(&["ALL"]));
@@ -720,18 +732,53 @@ fn dns_deployment_and_service() {
 }
 
 #[test]
-fn image_has_the_programs_the_agent_runs() {
-    // The agent runs `nft` (the masquerade table): the image must install it.
-    let ops =
-        std::fs::read_to_string(repo().join("crates/orchestration/agent/src/ops.rs")).unwrap();
-    assert!(ops.contains("Command::new(\"nft\")"));
-    let containerfile = std::fs::read_to_string(repo().join("Containerfile")).unwrap();
-    let install = containerfile
-        .lines()
-        .find(|l| l.contains("apt-get install"))
-        .expect("the final stage installs packages");
-    assert!(install.contains("nftables"), "{install}");
-    assert!(containerfile.contains("/usr/local/bin/podnet"));
+fn install_cni_copies_the_binary_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    // An older plugin in place: replaced whole.
+    std::fs::write(dir.path().join("podnet"), b"old plugin").unwrap();
+    let out = Command::new(common::PODNET)
+        .args(["install-cni"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let installed = dir.path().join("podnet");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(common::PODNET).unwrap()
+    );
+    let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["podnet"], "no temporary file left");
+    // The installed copy is the plugin.
+    let mut child = Command::new(&installed)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"cniVersion": "1.1.0"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cniVersion"], "1.1.0", "{v}");
+    // A directory that is not there: a clear error, nothing written.
+    let out = Command::new(common::PODNET)
+        .args(["install-cni"])
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a directory"), "{err}");
 }
 
 // The agent as deployed: how it reaches the API server.

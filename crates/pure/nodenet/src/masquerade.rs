@@ -2,9 +2,11 @@
 //! address; nothing else is NATed.
 //!
 //! Contract: podnet's agent owns table `ip podnet-nat` outright (nothing else writes
-//! there) and replaces it whole in one `nft -f` transaction (`add table`, `delete table`,
-//! then the definition: atomic, so a failing script changes nothing and there is never a
-//! moment without the rule; established flows keep their conntrack NAT bindings).
+//! there) and replaces it whole in one nf_tables transaction over netlink
+//! (`Transaction::replace_table`: `add table`, `delete table`, then the definition —
+//! atomic, so a failing transaction changes nothing and there is never a moment without
+//! the rule; established flows keep their conntrack NAT bindings). No `nft` binary is
+//! involved: the agent's image is the one static `podnet` binary.
 //! - set `node-ips` (ipv4_addr): every node's InternalIP — pod → node traffic keeps the
 //!   pod address (Kubernetes model: nodes see pods by their real IPs).
 //! - chain `postrouting`: type nat, hook postrouting, priority srcnat (100) — the same
@@ -33,7 +35,10 @@
 
 use crate::{Mode, VXLAN_PORT};
 use ipnet::Ipv4Net;
-use std::fmt::Write as _;
+use podnet_nft::{
+    BaseChain, Chain, ChainKind, CmpOp, Element, Expr, Family, Hook, Policy, Rule, Set, SetFlags,
+    Stmt, Table, Type, Value,
+};
 use std::net::Ipv4Addr;
 
 /// The nftables table the agent owns.
@@ -43,18 +48,21 @@ pub const NODE_IPS_SET: &str = "node-ips";
 /// The named interval set of masquerade exceptions in it (only with exceptions).
 pub const NO_MASQUERADE_SET: &str = "no-masquerade";
 
-/// The `nft -f -` script that atomically replaces table `ip podnet-nat`:
+/// nft's `srcnat` and `raw` priorities.
+const PRIORITY_SRCNAT: i32 = 100;
+const PRIORITY_RAW: i32 = -300;
+
+/// The whole table `ip podnet-nat`; the agent applies it with
+/// `Transaction::replace_table`. Rendered (`podnet_nft::render_table`):
 ///
 /// ```text
-/// add table ip podnet-nat
-/// delete table ip podnet-nat
 /// table ip podnet-nat {
 ///     set node-ips {
 ///         type ipv4_addr
 ///         elements = { 192.168.50.11, 192.168.50.12 }
 ///     }
 ///     chain postrouting {
-///         type nat hook postrouting priority srcnat; policy accept;
+///         type nat hook postrouting priority 100; policy accept;
 ///         ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != @node-ips masquerade
 ///     }
 /// }
@@ -62,67 +70,100 @@ pub const NO_MASQUERADE_SET: &str = "no-masquerade";
 /// In VXLAN mode the two `tunnel-*` chains follow `postrouting` (see the module doc).
 /// With `exceptions`, the interval set `no-masquerade` holds them (aggregated) and the
 /// rule gains `ip daddr != @no-masquerade`.
-/// Node IPs are sorted and deduplicated, so equal inputs render equal text.
+/// Node IPs are sorted and deduplicated, so equal inputs give equal tables.
 pub fn render_masquerade(
     cluster_cidr: Ipv4Net,
     exceptions: &[Ipv4Net],
     node_ips: &[Ipv4Addr],
     mode: Mode,
-) -> String {
+) -> Table {
     let cidr = cluster_cidr.trunc();
+    let cidr = Value::Ipv4Prefix(cidr.network(), cidr.prefix_len());
     let mut ips: Vec<Ipv4Addr> = node_ips.to_vec();
     ips.sort();
     ips.dedup();
     let exceptions = Ipv4Net::aggregate(&exceptions.to_vec());
-    let t = MASQUERADE_TABLE;
-    let mut s = String::new();
-    let _ = writeln!(s, "add table ip {t}");
-    let _ = writeln!(s, "delete table ip {t}");
-    let _ = writeln!(s, "table ip {t} {{");
-    let _ = writeln!(s, "\tset {NODE_IPS_SET} {{");
-    let _ = writeln!(s, "\t\ttype ipv4_addr");
-    if !ips.is_empty() {
-        let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
-        let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
-    }
-    let _ = writeln!(s, "\t}}");
-    let mut except = String::new();
+    let mut t = Table::new(Family::Ip, MASQUERADE_TABLE);
+    t.sets.push((
+        Set::new(NODE_IPS_SET, vec![Type::Ipv4Addr]),
+        ips.into_iter()
+            .map(|ip| Element::key(vec![Value::Ipv4(ip)]))
+            .collect(),
+    ));
+    let in_set = |set: &str, key: Expr, negate: bool| Stmt::InSet {
+        keys: vec![key],
+        set: set.to_string(),
+        negate,
+    };
+    let mut rule = vec![
+        Stmt::Match {
+            expr: Expr::IpSaddr,
+            op: CmpOp::Eq,
+            value: cidr.clone(),
+        },
+        Stmt::Match {
+            expr: Expr::IpDaddr,
+            op: CmpOp::Ne,
+            value: cidr,
+        },
+        in_set(NODE_IPS_SET, Expr::IpDaddr, true),
+    ];
     if !exceptions.is_empty() {
-        let list: Vec<String> = exceptions.iter().map(|n| n.to_string()).collect();
-        let _ = writeln!(s, "\tset {NO_MASQUERADE_SET} {{");
-        let _ = writeln!(s, "\t\ttype ipv4_addr");
-        let _ = writeln!(s, "\t\tflags interval");
-        let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
-        let _ = writeln!(s, "\t}}");
-        except = format!(" ip daddr != @{NO_MASQUERADE_SET}");
+        let mut set = Set::new(NO_MASQUERADE_SET, vec![Type::Ipv4Addr]);
+        set.flags = SetFlags {
+            interval: true,
+            ..SetFlags::default()
+        };
+        t.sets.push((
+            set,
+            exceptions
+                .iter()
+                .map(|n| Element::key(vec![Value::Ipv4Prefix(n.network(), n.prefix_len())]))
+                .collect(),
+        ));
+        rule.push(in_set(NO_MASQUERADE_SET, Expr::IpDaddr, true));
     }
-    let _ = writeln!(s, "\tchain postrouting {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-    );
-    let _ = writeln!(
-        s,
-        "\t\tip saddr {cidr} ip daddr != {cidr} ip daddr != @{NODE_IPS_SET}{except} masquerade"
-    );
-    let _ = writeln!(s, "\t}}");
+    rule.push(Stmt::Masquerade {
+        fully_random: false,
+    });
+    let base = |kind, hook, priority| BaseChain {
+        kind,
+        hook,
+        priority,
+        policy: Policy::Accept,
+    };
+    t.chains.push((
+        Chain::base(
+            "postrouting",
+            base(ChainKind::Nat, Hook::Postrouting, PRIORITY_SRCNAT),
+        ),
+        vec![Rule::new(rule)],
+    ));
     if mode == Mode::Vxlan {
         for (chain, hook) in [
-            ("tunnel-prerouting", "prerouting"),
-            ("tunnel-output", "output"),
+            ("tunnel-prerouting", Hook::Prerouting),
+            ("tunnel-output", Hook::Output),
         ] {
-            let _ = writeln!(s, "\tchain {chain} {{");
-            let _ = writeln!(
-                s,
-                "\t\ttype filter hook {hook} priority raw; policy accept;"
-            );
-            let _ = writeln!(
-                s,
-                "\t\tip saddr @{NODE_IPS_SET} ip daddr @{NODE_IPS_SET} udp dport {VXLAN_PORT} notrack"
-            );
-            let _ = writeln!(s, "\t}}");
+            let notrack = Rule::new(vec![
+                in_set(NODE_IPS_SET, Expr::IpSaddr, false),
+                in_set(NODE_IPS_SET, Expr::IpDaddr, false),
+                Stmt::Match {
+                    expr: Expr::MetaL4Proto,
+                    op: CmpOp::Eq,
+                    value: Value::UDP,
+                },
+                Stmt::Match {
+                    expr: Expr::ThDport,
+                    op: CmpOp::Eq,
+                    value: Value::Port(VXLAN_PORT),
+                },
+                Stmt::NoTrack,
+            ]);
+            t.chains.push((
+                Chain::base(chain, base(ChainKind::Filter, hook, PRIORITY_RAW)),
+                vec![notrack],
+            ));
         }
     }
-    let _ = writeln!(s, "}}");
-    s
+    t
 }

@@ -139,15 +139,15 @@ fn masquerade_ruleset() {
     let cidr: Ipv4Net = "10.244.0.0/16".parse().unwrap();
     golden(
         "masquerade.nft",
-        &render_masquerade(cidr, &[], &ips, Mode::HostGw),
+        &podnet_nft::render_table(&render_masquerade(cidr, &[], &ips, Mode::HostGw)),
     );
     golden(
         "masquerade-no-nodes.nft",
-        &render_masquerade(cidr, &[], &[], Mode::HostGw),
+        &podnet_nft::render_table(&render_masquerade(cidr, &[], &[], Mode::HostGw)),
     );
     golden(
         "masquerade-vxlan.nft",
-        &render_masquerade(cidr, &[], &ips, Mode::Vxlan),
+        &podnet_nft::render_table(&render_masquerade(cidr, &[], &ips, Mode::Vxlan)),
     );
     // Exceptions: overlapping and adjacent ranges are aggregated (nft refuses
     // overlapping interval elements), host bits dropped.
@@ -163,7 +163,7 @@ fn masquerade_ruleset() {
     .collect();
     golden(
         "masquerade-exceptions.nft",
-        &render_masquerade(cidr, &exceptions, &ips, Mode::HostGw),
+        &podnet_nft::render_table(&render_masquerade(cidr, &exceptions, &ips, Mode::HostGw)),
     );
 }
 
