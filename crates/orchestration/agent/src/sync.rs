@@ -134,8 +134,7 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
         }
 
         let ips: Vec<Ipv4Addr> = nodes.iter().map(|n| n.ip).collect();
-        let table =
-            render_masquerade(cfg.cluster_cidr, &cfg.masquerade_exceptions, &ips, cfg.mode);
+        let table = render_masquerade(cfg.cluster_cidr, &cfg.masquerade_exceptions, &ips, cfg.mode);
         if self.last_nft.as_ref() != Some(&table) {
             match self.nft.replace_table(&table) {
                 Ok(()) => {

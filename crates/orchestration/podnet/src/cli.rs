@@ -212,7 +212,10 @@ fn install_cni(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let me = std::env::current_exe().context("find the running binary")?;
     if !dir.is_dir() {
-        anyhow::bail!("{} is not a directory (mount the node's /opt/cni/bin there)", dir.display());
+        anyhow::bail!(
+            "{} is not a directory (mount the node's /opt/cni/bin there)",
+            dir.display()
+        );
     }
     let target = dir.join("podnet");
     let tmp = dir.join(format!(".podnet.tmp.{}", std::process::id()));

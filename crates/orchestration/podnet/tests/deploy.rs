@@ -20,9 +20,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const PODNET: &str = env!("CARGO_BIN_EXE_podnet");
@@ -554,7 +554,10 @@ fn agent_daemonset_runs_on_every_node_with_just_its_privileges() {
         .flatten()
         .map(|m| (m.name.clone(), m.mount_path.clone()))
         .collect();
-    assert_eq!(mounts, [("cni-bin".to_string(), "/host/opt/cni/bin".to_string())]);
+    assert_eq!(
+        mounts,
+        [("cni-bin".to_string(), "/host/opt/cni/bin".to_string())]
+    );
     let (add, drop) = capabilities(&init[0]);
     assert!(add.is_empty());
     assert_eq!(drop, set(&["ALL"]));
