@@ -198,13 +198,7 @@ impl Claimer {
                 renewed.spec.get_or_insert_with(Default::default).renew_time = Some(now());
                 match self.replace(&renewed).await {
                     Ok(()) => {
-                        for (other, l) in mine.iter().filter(|(o, _)| o.cidr != c.cidr) {
-                            // Best effort: a leftover extra claim only wastes a subnet.
-                            if let Err(e) = self.release(l).await {
-                                let cidr = other.cidr;
-                                tracing::warn!(%cidr, error = %e, "releasing an extra claim");
-                            }
-                        }
+                        self.release_others(&mine, c.cidr).await;
                         return Ok(c.cidr);
                     }
                     Err(e) if lost_race(&e) => continue,
@@ -237,7 +231,12 @@ impl Claimer {
                 spec.renew_time = spec.acquire_time.clone();
                 spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
                 match self.replace(&taken).await {
-                    Ok(()) => return Ok(c.cidr),
+                    Ok(()) => {
+                        // Claims of this node that no longer fit (the cluster CIDR or the
+                        // mask changed): given back now that it holds one that does.
+                        self.release_others(&mine, c.cidr).await;
+                        return Ok(c.cidr);
+                    }
                     Err(e) if lost_race(&e) => continue,
                     Err(e) => return Err(e).context(format!("take over the claim on {}", c.cidr)),
                 }
@@ -266,6 +265,7 @@ impl Claimer {
             {
                 Ok(_) => {
                     tracing::info!(%cidr, "claimed a pod CIDR");
+                    self.release_others(&mine, cidr).await;
                     return Ok(cidr);
                 }
                 Err(e) if lost_race(&e) => continue,
@@ -275,6 +275,22 @@ impl Claimer {
         Err(anyhow!(
             "no pod CIDR claimed after {MAX_ROUNDS} rounds: other agents kept winning"
         ))
+    }
+
+    /// Releases this node's claims other than `keep` (extra ones, or ones left from an
+    /// earlier cluster CIDR or mask). Best effort: a leftover claim only wastes a subnet,
+    /// and the next `ensure` tries again.
+    async fn release_others(&self, mine: &[&(ClaimRecord, &Lease)], keep: Ipv4Net) {
+        for (other, l) in mine.iter().filter(|(o, _)| o.cidr != keep) {
+            match self.release(l).await {
+                Ok(()) => {
+                    tracing::info!(cidr = %other.cidr, "released a claim this node no longer uses")
+                }
+                Err(e) => {
+                    tracing::warn!(cidr = %other.cidr, error = %e, "releasing a claim this node no longer uses")
+                }
+            }
+        }
     }
 
     /// Whether a claimed subnet is one this cluster's agents use: the configured size,

@@ -5,7 +5,8 @@
 //! sync) and must end with distinct subnets, each node holding exactly one Lease; a
 //! restarted agent keeps its subnet; a deleted node's stale claim goes to exactly one of
 //! the agents racing for it; hand-set Node pod CIDRs are respected and a full cluster is
-//! an error, not a double allocation.
+//! an error, not a double allocation; after a cluster CIDR change each node claims anew
+//! and releases its old claim.
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -275,4 +276,30 @@ fn node_pod_cidrs_are_respected_and_a_full_cluster_is_an_error() {
     assert_eq!(failed.len(), 1, "{got:?}");
     assert!(failed[0].contains("has no free /24"), "{}", failed[0]);
     assert_eq!(leases(&url).len(), 2);
+}
+
+#[test]
+fn after_a_cluster_cidr_change_old_claims_are_given_back() {
+    let url = start_api_server();
+    setup(&url, 3, &[]);
+    let nodes = names(3);
+    let before = claim_all(&url, &nodes, "10.244.0.0/16");
+    assert_one_each(&before, &leases(&url), "10.244.0.0/16");
+    // The agents restart with another cluster CIDR: new subnets, and the old claims are
+    // released (no holder: free for anyone, as a released Lease is).
+    let after = claim_all(&url, &nodes, "10.250.0.0/16");
+    let all = leases(&url);
+    let held = by_holder(&all);
+    for (node, r) in &after {
+        assert_eq!(
+            held.get(node),
+            Some(&vec![*r.as_ref().unwrap()]),
+            "{held:?}"
+        );
+    }
+    let mut released = held.get("").cloned().unwrap_or_default();
+    released.sort();
+    let mut old: Vec<Ipv4Net> = before.values().map(|r| *r.as_ref().unwrap()).collect();
+    old.sort();
+    assert_eq!(released, old, "{held:?}");
 }
