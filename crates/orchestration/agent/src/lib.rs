@@ -283,7 +283,9 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                 if sync::spec_pod_cidr(me).is_some() {
                     // The control plane's allocation wins: give claims back.
                     if claimed.take().is_some() || held.contains_key(&node_name) {
-                        match bounded("release claims", claimer.release_all()).await {
+                        let released = bounded("release claims", claimer.release_all()).await;
+                        metrics.record_claim("release", released.is_ok());
+                        match released {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(
                                 released = n,
@@ -300,12 +302,13 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                         &mut grace_left,
                     )
                 {
-                    match bounded(
+                    let got = bounded(
                         "claim a pod CIDR",
                         claimer.ensure_preferring(claimed, &list_nodes),
                     )
-                    .await
-                    {
+                    .await;
+                    metrics.record_claim("claim", got.is_ok());
+                    match got {
                         Ok(c) => claimed = Some(c),
                         Err(e) => {
                             // Whatever the cluster says this node holds, if anything.

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub policy_sync_duration: Histogram,
     pub policy_isolated_pods: Gauge,
     pub policy_problems: Gauge,
+    /// Pod CIDR claim requests (claim, keep, release) by operation and result.
+    pub pod_cidr_claims: Family<Vec<(String, String)>, Counter>,
     healthy: AtomicBool,
     /// The services proxy's last sync failed (healthy stays false until it succeeds).
     services_failing: AtomicBool,
@@ -57,6 +59,12 @@ impl Metrics {
         let peers = Gauge::default();
         let routes = Gauge::default();
         let kernel_writes = Counter::default();
+        let pod_cidr_claims = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "podnet_agent_pod_cidr_claims",
+            "Pod CIDR claim requests when the cluster allocates none, by operation (claim, release) and result (ok, error)",
+            pod_cidr_claims.clone(),
+        );
         registry.register(
             "podnet_agent_syncs",
             "Syncs by result (ok, error)",
@@ -141,6 +149,7 @@ impl Metrics {
             policy_sync_duration,
             policy_isolated_pods,
             policy_problems,
+            pod_cidr_claims,
             healthy: AtomicBool::new(false),
             services_failing: AtomicBool::new(false),
             policy_failing: AtomicBool::new(false),
@@ -175,6 +184,17 @@ impl Metrics {
             .inc();
         self.service_sync_duration.observe(seconds);
         self.services_failing.store(!ok, Ordering::SeqCst);
+    }
+
+    /// Counts a pod CIDR claim request (`op`: claim or release).
+    pub fn record_claim(&self, op: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.pod_cidr_claims
+            .get_or_create(&vec![
+                ("op".to_string(), op.to_string()),
+                ("result".to_string(), result.to_string()),
+            ])
+            .inc();
     }
 
     /// Counts a sync.

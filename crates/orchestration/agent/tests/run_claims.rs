@@ -15,6 +15,18 @@ use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// GET /metrics from the agent's metrics server.
+async fn metrics_text(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !f().await {
@@ -173,6 +185,19 @@ fn the_agent_claims_its_subnet_when_the_cluster_allocates_none() {
         })
         .await;
         assert!(routes(&name).contains("10.244.77.0/24 via 192.168.88.2"));
+        // Counted: at least the first claim and the claim made again, and the release.
+        let metrics = metrics_text("127.0.0.1:19211").await;
+        let count = |labels: &str| -> u64 {
+            let line = format!("podnet_agent_pod_cidr_claims_total{{{labels}}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(count(r#"op="claim",result="ok""#) >= 2, "{metrics}");
+        assert!(count(r#"op="release",result="ok""#) >= 1, "{metrics}");
+        assert_eq!(count(r#"op="claim",result="error""#), 0, "{metrics}");
         agent.abort();
     });
 }
