@@ -151,8 +151,8 @@ fn run_pickers(services: u32) {
     let port = |n: u32, first_endpoint: u32| podnet_services::ServicePort {
         name: PortName {
             namespace: "default".into(),
-            service: format!("svc-{n}"),
-            port: String::new(),
+            service: format!("svc-{n}").into(),
+            port: "".into(),
             protocol: Protocol::Tcp,
         },
         cluster_ip: example::vip(n),

@@ -61,7 +61,7 @@ fn service(i: u32) -> (Ipv4Addr, Vec<(Ipv4Addr, u16)>, bool) {
 fn port_name(i: u32) -> PortName {
     PortName {
         namespace: "bench".into(),
-        service: format!("svc-{i}"),
+        service: format!("svc-{i}").into(),
         port: "http".into(),
         protocol: Protocol::Tcp,
     }

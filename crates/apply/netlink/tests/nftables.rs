@@ -862,7 +862,7 @@ fn services_proxy_table_lists_identically_and_changes_by_difference() {
         name: PortName {
             namespace: "default".into(),
             service: name.into(),
-            port: String::new(),
+            port: "".into(),
             protocol,
         },
         cluster_ip: ip.parse().unwrap(),

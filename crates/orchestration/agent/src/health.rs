@@ -68,7 +68,7 @@ pub fn plan_health_checks<'a>(
         let Some(node_port) = p.health_check_node_port else {
             continue;
         };
-        let key = (p.name.namespace.clone(), p.name.service.clone());
+        let key = (p.name.namespace.to_string(), p.name.service.to_string());
         let entry = found.entry(key).or_insert((node_port, BTreeSet::new()));
         entry
             .1

@@ -31,7 +31,7 @@ use kube::runtime::watcher;
 use podnet_nft::{Family, Op, Transaction};
 use podnet_services::{
     FAMILY, NodeContext, ObjectName, Planner, Problem, Proxy, ProxyConfig, ServiceInput,
-    SliceInput, TABLE,
+    SliceInput, SyncPlan, TABLE,
 };
 use tokio::sync::Notify;
 
@@ -200,18 +200,25 @@ impl<T: TransactionOps> ServiceSyncer<T> {
     /// ([`Proxy::replace_parts`]): as one IR transaction it was most of the agent's peak
     /// memory.
     fn sync_planned(&mut self) -> Result<ServicesReport> {
-        let plan = self.proxy.sync_services_deferred(self.planner.plan());
+        // Taken apart at once: `changed` (every port's name after a first sync) is not
+        // needed here and would be held while the batch is built.
+        let SyncPlan {
+            transaction,
+            full,
+            problems: refused,
+            stale_udp,
+            fresh_udp,
+            ..
+        } = self.proxy.sync_services_deferred(self.planner.plan());
         let mut problems = self.planner.problems();
-        problems.extend(plan.problems);
-        let sent = if plan.full {
+        problems.extend(refused);
+        let sent = if full {
             self.kernel
                 .apply_parts(FAMILY, TABLE, &mut self.proxy.replace_parts())
-        } else if plan.transaction.is_empty() {
+        } else if transaction.is_empty() {
             Ok(0)
         } else {
-            self.kernel
-                .apply(&plan.transaction)
-                .map(|()| plan.transaction.len())
+            self.kernel.apply(&transaction).map(|()| transaction.len())
         };
         let ops = match sent {
             Ok(n) => n,
@@ -223,11 +230,8 @@ impl<T: TransactionOps> ServiceSyncer<T> {
         // Only after the rules stopped choosing them: a new packet of a forgotten flow is
         // then DNATed afresh, to a live endpoint.
         let mut flows_forgotten = 0;
-        if !plan.stale_udp.is_empty() || !plan.fresh_udp.is_empty() {
-            match self
-                .kernel
-                .forget_udp_flows(&plan.stale_udp, &plan.fresh_udp)
-            {
+        if !stale_udp.is_empty() || !fresh_udp.is_empty() {
+            match self.kernel.forget_udp_flows(&stale_udp, &fresh_udp) {
                 Ok(n) => flows_forgotten = n,
                 Err(e) => problems.push(Problem {
                     object: "conntrack".into(),
@@ -320,6 +324,7 @@ impl Changes {
     /// Tells the planner: the latest state of each object, then the deletions a
     /// complete list implies.
     fn apply_to(self, planner: &mut Planner) {
+        planner.reserve(self.services.latest.len(), self.slices.latest.len());
         for (name, input) in self.services.latest {
             match input {
                 Some(i) => planner.set_service(i),

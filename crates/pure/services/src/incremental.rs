@@ -11,6 +11,7 @@
 //! slices take hundreds of megabytes, these a few tens.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,18 +22,20 @@ use crate::model::{
     service_problem, slice_view,
 };
 
-/// A Service (or an EndpointSlice) by namespace and name.
+/// A Service (or an EndpointSlice) by namespace and name. The names are shared
+/// (`Arc<str>`): the planner's records, the watch's pending changes and the proxy's
+/// [`crate::PortName`]s hold one copy of each between them, and a clone allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectName {
     pub fn new(namespace: &str, name: &str) -> ObjectName {
         ObjectName {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 
@@ -77,10 +80,17 @@ pub struct SliceInput {
 impl SliceInput {
     pub fn new(slice: &EndpointSlice, node: &NodeContext) -> SliceInput {
         let mut problems = Vec::new();
-        let view = slice_view(slice, node, &mut problems)
-            .map(|(ns, svc, view)| (ObjectName::new(ns, svc), view));
+        let name = ObjectName::of(&slice.metadata);
+        // A slice belongs to a Service of its own namespace: one copy of that name.
+        let view = slice_view(slice, node, &mut problems).map(|(_, svc, view)| {
+            let service = ObjectName {
+                namespace: name.namespace.clone(),
+                name: svc.into(),
+            };
+            (service, view)
+        });
         SliceInput {
-            name: ObjectName::of(&slice.metadata),
+            name,
             view,
             problems,
         }
@@ -98,21 +108,33 @@ enum Kind {
     Slice,
 }
 
+/// What the planner keeps of one Service: its checked shape and its slices' views, in
+/// one entry (one copy of the Service's name, one hash table for all Services).
+#[derive(Debug, Default)]
+struct Entry {
+    /// `None`: the Service itself is not known (only slices naming it); `Some(Ok(None))`:
+    /// nothing to program; `Some(Err)`: its problem.
+    shape: Option<Result<Option<ServiceShape>, String>>,
+    /// Its slices' views, sorted by slice name (the order the plan merges them in). A Vec:
+    /// most Services have one slice, and a one-entry BTreeMap allocates a whole node
+    /// (~800 bytes at 50k Services: 40 MB).
+    views: Vec<(Arc<str>, SliceView)>,
+}
+
 /// The incremental planner.
 #[derive(Debug)]
 pub struct Planner {
     node: NodeContext,
-    /// Service → its checked shape (`Ok(None)`: nothing to program; `Err`: its problem).
-    services: HashMap<ObjectName, Result<Option<ServiceShape>, String>>,
-    /// Slice → the Service it feeds (`None`: ignored, not IPv4 or not linked).
-    slices: HashMap<ObjectName, Option<ObjectName>>,
+    /// Service → its shape and slices' views (an entry exists while either does).
+    services: HashMap<ObjectName, Entry>,
+    /// How many entries have a shape (the Services known).
+    known: usize,
+    /// Slice → the name of the Service it feeds, in the slice's own namespace (`None`:
+    /// ignored, not IPv4 or not linked). The name is the Service entry's.
+    slices: HashMap<ObjectName, Option<Arc<str>>>,
     /// The problems of the objects that have some (few: kept apart so that listing them
     /// costs nothing per Service).
     problems: BTreeMap<(Kind, ObjectName), Vec<Problem>>,
-    /// Service → its slices' views, sorted by slice name (the order the plan merges them
-    /// in). A Vec: most Services have one slice, and a one-entry BTreeMap allocates a
-    /// whole node (~800 bytes at 50k Services: 40 MB).
-    views: HashMap<ObjectName, Vec<(String, SliceView)>>,
     /// Services to re-plan.
     dirty: BTreeSet<ObjectName>,
 }
@@ -122,8 +144,8 @@ impl Planner {
         Planner {
             node,
             services: HashMap::new(),
+            known: 0,
             slices: HashMap::new(),
-            views: HashMap::new(),
             problems: BTreeMap::new(),
             dirty: BTreeSet::new(),
         }
@@ -132,6 +154,22 @@ impl Planner {
     /// The node planned for.
     pub fn node(&self) -> &NodeContext {
         &self.node
+    }
+
+    /// `name` with the names of the Service entry that has it, when there is one (so
+    /// that what refers to a Service shares its entry's strings).
+    fn shared(&self, name: ObjectName) -> ObjectName {
+        match self.services.get_key_value(&name) {
+            Some((k, _)) => k.clone(),
+            None => name,
+        }
+    }
+
+    /// Makes room for `services` more Services and `slices` more slices (a first list:
+    /// the tables are sized once instead of growing, and rehashing, as they fill).
+    pub fn reserve(&mut self, services: usize, slices: usize) {
+        self.services.reserve(services);
+        self.slices.reserve(slices);
     }
 
     /// A Service was added or changed.
@@ -157,8 +195,13 @@ impl Planner {
                 .map(|m| service_problem(&key.namespace, &key.name, m))
                 .collect(),
         );
-        if self.services.get(&key) != Some(&shape) {
-            self.services.insert(key.clone(), shape);
+        let key = self.shared(key);
+        let entry = self.services.entry(key.clone()).or_default();
+        if entry.shape.as_ref() != Some(&shape) {
+            if entry.shape.is_none() {
+                self.known += 1;
+            }
+            entry.shape = Some(shape);
             self.dirty.insert(key);
         }
     }
@@ -166,7 +209,13 @@ impl Planner {
     /// A Service was deleted.
     pub fn delete_service(&mut self, key: &ObjectName) {
         self.set_problems(Kind::Service, key, Vec::new());
-        if self.services.remove(key).is_some() {
+        if let Some(entry) = self.services.get_mut(key)
+            && entry.shape.take().is_some()
+        {
+            self.known -= 1;
+            if entry.views.is_empty() {
+                self.services.remove(key);
+            }
             self.dirty.insert(key.clone());
         }
     }
@@ -180,29 +229,37 @@ impl Planner {
     /// An EndpointSlice was added or changed (already read, for this planner's node).
     pub fn set_slice(&mut self, input: SliceInput) {
         let SliceInput {
-            name: key,
+            name: mut key,
             view,
             problems,
         } = input;
-        let service = view.as_ref().map(|(svc, _)| svc.clone());
-        if self.slices.get(&key).is_some_and(|old| *old != service) {
-            self.forget_view(&key); // moved to another Service (its label changed)
+        let service = view.as_ref().map(|(svc, _)| &svc.name);
+        if let Some((k, old)) = self.slices.get_key_value(&key) {
+            let moved = old.as_ref() != service;
+            key = k.clone();
+            if moved {
+                self.forget_view(&key); // moved to another Service (its label changed)
+            }
         }
-        if let Some((service, view)) = view {
-            // Most Services have one slice: room for one (a pushed Vec has room for 4).
-            let views = self
-                .views
-                .entry(service.clone())
-                .or_insert_with(|| Vec::with_capacity(1));
+        let mut service = None;
+        if let Some((svc, view)) = view {
+            let svc = self.shared(svc);
+            // The slice's namespace is its Service's: one copy of it.
+            key.namespace = svc.namespace.clone();
+            service = Some(svc.name.clone());
+            let views = &mut self.services.entry(svc.clone()).or_default().views;
             match views.binary_search_by(|(n, _)| n.cmp(&key.name)) {
                 Ok(i) if views[i].1 == view => {}
                 Ok(i) => {
                     views[i].1 = view;
-                    self.dirty.insert(service);
+                    self.dirty.insert(svc);
                 }
                 Err(i) => {
+                    // Most Services have one slice: room for one (a pushed Vec has room
+                    // for 4).
+                    views.reserve_exact(1);
                     views.insert(i, (key.name.clone(), view));
-                    self.dirty.insert(service);
+                    self.dirty.insert(svc);
                 }
             }
         }
@@ -219,15 +276,19 @@ impl Planner {
 
     /// Drops the slice's view from its Service (which becomes dirty).
     fn forget_view(&mut self, slice: &ObjectName) {
-        let Some(service) = self.slices.get(slice).cloned().flatten() else {
+        let Some(Some(service)) = self.slices.get(slice) else {
             return;
         };
-        if let Some(views) = self.views.get_mut(&service)
-            && let Ok(i) = views.binary_search_by(|(n, _)| n.cmp(&slice.name))
+        let service = ObjectName {
+            namespace: slice.namespace.clone(),
+            name: service.clone(),
+        };
+        if let Some(entry) = self.services.get_mut(&service)
+            && let Ok(i) = entry.views.binary_search_by(|(n, _)| n.cmp(&slice.name))
         {
-            views.remove(i);
-            if views.is_empty() {
-                self.views.remove(&service);
+            entry.views.remove(i);
+            if entry.views.is_empty() && entry.shape.is_none() {
+                self.services.remove(&service);
             }
             self.dirty.insert(service);
         }
@@ -235,7 +296,12 @@ impl Planner {
 
     /// Deletes every Service `keep` refuses (after a re-list: the ones not listed).
     pub fn retain_services(&mut self, mut keep: impl FnMut(&ObjectName) -> bool) {
-        let gone: Vec<ObjectName> = self.services.keys().filter(|k| !keep(k)).cloned().collect();
+        let gone: Vec<ObjectName> = self
+            .services
+            .iter()
+            .filter(|(k, e)| e.shape.is_some() && !keep(k))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in gone {
             self.delete_service(&k);
         }
@@ -279,18 +345,21 @@ impl Planner {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
-            .map(|key| {
-                let ports = match self.services.get(&key) {
-                    Some(Ok(Some(shape))) => {
-                        let views = self.views.get(&key);
-                        let views = views.into_iter().flatten().map(|(_, v)| v);
-                        let mut ports = shape.ports(&key.namespace, &key.name, views);
-                        ports.sort_by(|a, b| a.name.cmp(&b.name));
-                        ports
-                    }
-                    _ => Vec::new(),
-                };
-                (key, ports)
+            .map(|key| match self.services.get_key_value(&key) {
+                Some((
+                    k,
+                    Entry {
+                        shape: Some(Ok(Some(shape))),
+                        views,
+                    },
+                )) => {
+                    // The entry's names: the ports share them.
+                    let views = views.iter().map(|(_, v)| v);
+                    let mut ports = shape.ports(&k.namespace, &k.name, views);
+                    ports.sort_by(|a, b| a.name.cmp(&b.name));
+                    (k.clone(), ports)
+                }
+                _ => (key, Vec::new()),
             })
             .collect()
     }
@@ -312,6 +381,6 @@ impl Planner {
 
     /// Number of Services known.
     pub fn services(&self) -> usize {
-        self.services.len()
+        self.known
     }
 }

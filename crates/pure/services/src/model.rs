@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -52,13 +53,15 @@ impl Protocol {
     }
 }
 
-/// Identifies one port of one Service, as kube-proxy's `ServicePortName`.
+/// Identifies one port of one Service, as kube-proxy's `ServicePortName`. The names are
+/// shared (`Arc<str>`) with the planner's records of the Service: at 50k Services a
+/// copy of each name per port was megabytes of small allocations.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortName {
-    pub namespace: String,
-    pub service: String,
+    pub namespace: Arc<str>,
+    pub service: Arc<str>,
     /// The port's name ("" for a Service's single unnamed port).
-    pub port: String,
+    pub port: Arc<str>,
     pub protocol: Protocol,
 }
 
@@ -213,7 +216,7 @@ pub fn plan_services(
                 for m in shape.confine_node_ports(&node.node_port_range) {
                     problems.push(service_problem(ns, name, m));
                 }
-                out.extend(shape.ports(ns, name, views))
+                out.extend(shape.ports(&ns.into(), &name.into(), views))
             }
             Ok(None) => {}
             Err(message) => problems.push(service_problem(ns, name, message)),
@@ -343,7 +346,8 @@ pub(crate) struct ServiceShape {
     /// Only with `external_local`.
     health_check_node_port: Option<u16>,
     /// (name, protocol, port, nodePort — only for NodePort and LoadBalancer Services).
-    ports: Vec<(String, Protocol, u16, Option<u16>)>,
+    /// The name is shared with the [`PortName`]s of the Service's ports.
+    ports: Vec<(Arc<str>, Protocol, u16, Option<u16>)>,
 }
 
 impl ServiceShape {
@@ -362,7 +366,7 @@ impl ServiceShape {
                 let port_name = if name.is_empty() {
                     format!("{port}/{protocol:?}")
                 } else {
-                    name.clone()
+                    name.to_string()
                 };
                 out.push(format!(
                     "port {port_name}: nodePort {n} is outside the NodePort range {lo}-{hi}; not programmed"
@@ -451,7 +455,7 @@ pub(crate) fn parse_service(svc: &Service) -> Result<Option<ServiceShape>, Strin
             ));
         }
         let node_port = node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer"));
-        ports.push((port_name, protocol, port, node_port));
+        ports.push((port_name.into(), protocol, port, node_port));
     }
     ports.shrink_to_fit(); // kept as long as the Service: exact size
     Ok(Some(ServiceShape {
@@ -475,7 +479,7 @@ impl ServiceShape {
     /// The Service's ports with their endpoints, from the slices that belong to it (in
     /// the order given: when two slices list one endpoint, the first one's conditions win
     /// unless only the second is ready).
-    pub(crate) fn ports<'a, I>(&self, ns: &str, name: &str, slices: I) -> Vec<ServicePort>
+    pub(crate) fn ports<'a, I>(&self, ns: &Arc<str>, name: &Arc<str>, slices: I) -> Vec<ServicePort>
     where
         I: IntoIterator<Item = &'a SliceView> + Clone,
     {
@@ -490,8 +494,8 @@ impl ServiceShape {
                     categorize(&candidates, uses_cluster, uses_local);
                 ServicePort {
                     name: PortName {
-                        namespace: ns.to_string(),
-                        service: name.to_string(),
+                        namespace: ns.clone(),
+                        service: name.clone(),
                         port: port_name.clone(),
                         protocol: *protocol,
                     },

@@ -196,7 +196,7 @@ fn a_bad_service_is_reported_and_the_others_are_planned() {
         &node(),
     );
     assert_eq!(ports.len(), 2, "web's two ports, nothing of the bad ones");
-    assert!(ports.iter().all(|p| p.name.service == "web"));
+    assert!(ports.iter().all(|p| &*p.name.service == "web"));
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 2, "{text:?}");
     assert!(
@@ -232,7 +232,7 @@ fn node_ports_outside_the_range_are_reported_and_not_programmed() {
     );
     // The rest of the Service is programmed: both cluster IP ports, the in-range node port.
     assert_eq!(ports.len(), 2);
-    let by_name = |n: &str| ports.iter().find(|p| p.name.port == n).unwrap();
+    let by_name = |n: &str| ports.iter().find(|p| &*p.name.port == n).unwrap();
     assert_eq!(by_name("http").node_port, None);
     assert_eq!(by_name("dns").node_port, Some(30053));
     assert!(ports.iter().all(|p| p.health_check_node_port.is_none()));
@@ -243,7 +243,7 @@ fn node_ports_outside_the_range_are_reported_and_not_programmed() {
     };
     let (ports, problems) = plan_services(snapshot, &wide);
     assert!(problems.is_empty(), "{problems:?}");
-    let by_name = |n: &str| ports.iter().find(|p| p.name.port == n).unwrap();
+    let by_name = |n: &str| ports.iter().find(|p| &*p.name.port == n).unwrap();
     assert_eq!(by_name("http").node_port, Some(8080));
     assert!(ports.iter().all(|p| p.health_check_node_port == Some(9000)));
 }

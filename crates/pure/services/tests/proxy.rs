@@ -146,7 +146,7 @@ fn one_endpoint_change_is_one_element_out_and_one_in_per_frontend() {
          add element ip podnet-services nodeport-endpoints-2 { tcp . 30080 . 1 : 10.244.2.6 . 8080 }\n"
     );
     assert_eq!(plan.changed.len(), 1);
-    assert_eq!(plan.changed[0].service, "web");
+    assert_eq!(&*plan.changed[0].service, "web");
 }
 
 #[test]
