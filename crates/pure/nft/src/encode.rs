@@ -760,6 +760,9 @@ fn value_bytes(v: &Value, end: bool, out: &mut Vec<u8>) {
             let (first, last) = v6_range(*a, *l);
             out.extend_from_slice(&if end { last } else { first }.octets());
         }
+        Value::Ipv4Range(first, last) => {
+            out.extend_from_slice(&if end { last } else { first }.octets());
+        }
         Value::PortRange(first, last) => {
             out.extend_from_slice(&if end { last } else { first }.to_be_bytes());
         }
@@ -790,7 +793,7 @@ fn v6_range(a: Ipv6Addr, len: u8) -> (Ipv6Addr, Ipv6Addr) {
 fn is_prefix(v: &Value) -> bool {
     matches!(
         v,
-        Value::Ipv4Prefix(..) | Value::Ipv6Prefix(..) | Value::PortRange(..)
+        Value::Ipv4Prefix(..) | Value::Ipv6Prefix(..) | Value::Ipv4Range(..) | Value::PortRange(..)
     )
 }
 
@@ -824,6 +827,9 @@ fn after_prefix(v: &Value) -> Option<Vec<u8>> {
                 .checked_add(1)
                 .map(|n| Ipv6Addr::from(n).octets().to_vec())
         }
+        Value::Ipv4Range(_, last) => u32::from(*last)
+            .checked_add(1)
+            .map(|n| Ipv4Addr::from(n).octets().to_vec()),
         Value::PortRange(_, last) => last.checked_add(1).map(|n| n.to_be_bytes().to_vec()),
         _ => None,
     }
@@ -1271,7 +1277,7 @@ fn encode_stmt(w: &mut Writer, s: &Stmt) {
 /// Width in bytes a value encodes to (prefixes: their address width).
 fn value_len(v: &Value) -> u32 {
     match v {
-        Value::Ipv4(_) | Value::Ipv4Prefix(..) => 4,
+        Value::Ipv4(_) | Value::Ipv4Prefix(..) | Value::Ipv4Range(..) => 4,
         Value::Ipv6(_) | Value::Ipv6Prefix(..) => 16,
         Value::Proto(_) => 1,
         Value::Port(_) | Value::PortRange(..) => 2,
@@ -1397,6 +1403,7 @@ fn check_values(vs: &[Value]) -> Result<(), String> {
             Value::Ipv4Prefix(_, l) if *l > 32 => return Err(format!("prefix /{l}")),
             Value::Ipv6Prefix(_, l) if *l > 128 => return Err(format!("prefix /{l}")),
             Value::PortRange(a, b) if a > b => return Err(format!("port range {a}-{b}")),
+            Value::Ipv4Range(a, b) if a > b => return Err(format!("address range {a}-{b}")),
             _ => {}
         }
     }

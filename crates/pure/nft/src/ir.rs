@@ -186,6 +186,10 @@ pub enum Value {
     Ipv4Prefix(Ipv4Addr, u8),
     /// `fd00::/8`: in matches and interval sets only.
     Ipv6Prefix(Ipv6Addr, u8),
+    /// `10.0.0.1-10.0.0.6` (first <= last): an address range, in (single-key) interval
+    /// sets only. The kernel holds an interval as two elements (its start, and the address
+    /// after it), so one range costs what one prefix costs, however many prefixes it spans.
+    Ipv4Range(Ipv4Addr, Ipv4Addr),
     /// `80-90` (first <= last; `80-80` is the single port, listed as `80`): a port range,
     /// in interval sets only. In a concatenated interval set every element needs its range
     /// end, so exact values there are written as ranges (`Ipv4Prefix(a, 32)`,
@@ -480,6 +484,17 @@ impl Transaction {
         tx
     }
 
+    /// [`Transaction::replace_table`] taking the table: its sets, chains, rules and
+    /// elements move into the operations instead of being copied (a table of 200k
+    /// elements).
+    pub fn replace_table_owned(table: Table) -> Transaction {
+        let mut tx = Transaction::new(table.family, table.name.clone());
+        tx.ops.push(Op::AddTable);
+        tx.ops.push(Op::DeleteTable);
+        tx.ops.extend(table.into_ops());
+        tx
+    }
+
     /// The number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -536,6 +551,34 @@ impl Table {
                 });
             }
         }
+        ops
+    }
+
+    /// [`Table::ops`], the table moved into them.
+    pub fn into_ops(self) -> Vec<Op> {
+        let mut ops = vec![Op::AddTable];
+        let mut elements = Vec::new();
+        for (set, elems) in self.sets {
+            if !elems.is_empty() {
+                elements.push(Op::AddElements {
+                    set: set.name.clone(),
+                    elems,
+                });
+            }
+            ops.push(Op::AddSet(set));
+        }
+        let mut rules = Vec::new();
+        for (chain, chain_rules) in self.chains {
+            for rule in chain_rules {
+                rules.push(Op::AddRule {
+                    chain: chain.name.clone(),
+                    rule,
+                });
+            }
+            ops.push(Op::AddChain(chain));
+        }
+        ops.extend(rules);
+        ops.extend(elements);
         ops
     }
 }

@@ -269,6 +269,8 @@ pub fn render_value(v: &Value) -> String {
         Value::Ipv6Prefix(a, 128) => a.to_string(),
         Value::Ipv4Prefix(a, l) => format!("{a}/{l}"),
         Value::Ipv6Prefix(a, l) => format!("{a}/{l}"),
+        Value::Ipv4Range(a, b) if a == b => a.to_string(),
+        Value::Ipv4Range(a, b) => format!("{a}-{b}"),
         Value::PortRange(a, b) if a == b => a.to_string(),
         Value::PortRange(a, b) => format!("{a}-{b}"),
     }

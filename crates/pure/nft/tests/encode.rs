@@ -589,3 +589,53 @@ fn pickers_match_nft_byte_for_byte() {
         }
     }
 }
+
+/// An address range in an interval set is one interval, as a prefix is: start, and an
+/// end element at last + 1 (so a range that is a prefix encodes as that prefix does).
+#[test]
+fn address_ranges_encode_as_one_interval() {
+    let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let tx_of = |v: Value| {
+        let mut set = Set::new("r", vec![Type::Ipv4Addr]);
+        set.flags.interval = true;
+        let mut tx = Transaction::new(Family::Ip, "t");
+        tx.push(Op::AddTable);
+        tx.push(Op::AddSet(set));
+        tx.push(Op::AddElements {
+            set: "r".into(),
+            elems: vec![Element::key(vec![v])],
+        });
+        tx
+    };
+    let bytes = |v: Value| encode_transaction(&tx_of(v), 0).unwrap().bytes;
+    assert_eq!(
+        bytes(Value::Ipv4Range(v4("10.0.0.0"), v4("10.0.0.255"))),
+        bytes(Value::Ipv4Prefix(v4("10.0.0.0"), 24))
+    );
+    // 10.0.0.1-10.0.0.6 is four prefixes, one interval: its start and 10.0.0.7.
+    let range = bytes(Value::Ipv4Range(v4("10.0.0.1"), v4("10.0.0.6")));
+    let has = |b: &[u8], octets: [u8; 4]| b.windows(4).any(|w| w == octets);
+    assert!(has(&range, [10, 0, 0, 1]) && has(&range, [10, 0, 0, 7]));
+    assert!(!has(&range, [10, 0, 0, 6]) && !has(&range, [10, 0, 0, 2]));
+    // An open end (up to 255.255.255.255) has no end element, as for a prefix.
+    assert_eq!(
+        bytes(Value::Ipv4Range(v4("128.0.0.0"), v4("255.255.255.255"))),
+        bytes(Value::Ipv4Prefix(v4("128.0.0.0"), 1))
+    );
+    let text = render_transaction(&tx_of(Value::Ipv4Range(v4("10.0.0.1"), v4("10.0.0.6"))));
+    assert!(text.contains("r { 10.0.0.1-10.0.0.6 }"), "{text}");
+    // Reversed, or in a match: refused.
+    assert!(
+        encode_transaction(&tx_of(Value::Ipv4Range(v4("10.0.0.6"), v4("10.0.0.1"))), 0).is_err()
+    );
+    let mut tx = Transaction::new(Family::Ip, "t");
+    tx.push(Op::AddRule {
+        chain: "c".into(),
+        rule: Rule::new(vec![Stmt::Match {
+            expr: Expr::IpSaddr,
+            op: CmpOp::Eq,
+            value: Value::Ipv4Range(v4("10.0.0.1"), v4("10.0.0.6")),
+        }]),
+    });
+    assert!(encode_transaction(&tx, 0).is_err());
+}

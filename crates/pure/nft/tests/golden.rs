@@ -38,6 +38,16 @@ fn services_table_replace_transaction() {
 }
 
 #[test]
+fn replace_table_owned_is_replace_table() {
+    let t = example::services_table("podnet-svc", 3, 2);
+    assert!(t.sets.iter().any(|(_, e)| !e.is_empty()) && t.chains.len() > 2);
+    assert_eq!(
+        Transaction::replace_table_owned(t.clone()),
+        Transaction::replace_table(&t)
+    );
+}
+
+#[test]
 fn incremental_change() {
     let mut tx = Transaction::new(Family::Ip, "podnet-svc");
     tx.push(Op::DeleteElements {
