@@ -8,9 +8,10 @@
 #   (scripts/build-image --binary-only makes target/image/podnet)
 #
 # Needs root and the Debian packages podman, runc, busybox-static,
-# containernetworking-plugins, iproute2 (and util-linux, coreutils). Prints progress lines
-# and, on success, exactly one line "podman-on-podnet: 1 passed, 0 failed" (the last);
-# on failure "podman-on-podnet: FAIL: <reason>" and exit status 1. A run takes ~2 s.
+# containernetworking-plugins, iproute2, binutils, nftables, openssl, kubernetes-client
+# (kubectl) (and util-linux, coreutils, diffutils). Prints progress lines and, on success,
+# exactly one line "podman-on-podnet: 1 passed, 0 failed" (the last); on failure
+# "podman-on-podnet: FAIL: <reason>" and exit status 1. A run takes ~10 s.
 #
 # What it checks: `podman build -f Containerfile` with the static binary as the context
 # gives an image whose whole file system is the one file /podnet, under 40 MB; the image
@@ -36,8 +37,10 @@
 #   state (a wrapper adds --root; /run/runc otherwise) and podnet's IPAM table.
 # - Containers (and conmon) get the cgroup parent /pn-podman-PID instead of
 #   /libpod_parent; the script removes those cgroup directories.
-# - `podman import` runs in a private mount namespace with a tmpfs over /var/lib, because
-#   containers/image writes /var/lib/containers/cache for root whatever --root says.
+# - `podman import`, `podman build` and the image's `podman run --rm`s run in a private
+#   mount namespace with a tmpfs over /var/lib, because containers/image writes
+#   /var/lib/containers/cache for root whatever --root says. kubectl's cache is under the
+#   temporary directory (--cache-dir).
 # - libcni's result cache is fixed at /var/lib/cni/results (podman 4.3 has no setting).
 #   libcni deletes its entries on DEL; the script deletes any of its containers' entries
 #   left over, and the directories if they did not exist before.
@@ -217,8 +220,9 @@ fi
 [[ -x $PODNET_IMAGE_BIN && -f $PODNET_IMAGE_BIN ]] ||
     die "podnet binary '$PODNET_IMAGE_BIN' not found or not executable (scripts/build-image --binary-only makes it; or set PODNET_IMAGE_BIN)"
 PODNET_IMAGE_BIN=$(readlink -f "$PODNET_IMAGE_BIN")
-if readelf -l "$PODNET_IMAGE_BIN" | grep -q 'program interpreter'; then
-    die "$PODNET_IMAGE_BIN is dynamically linked: the image needs the static build (scripts/build-image)"
+if readelf -l "$PODNET_IMAGE_BIN" | grep -q 'program interpreter' ||
+    ! readelf -h "$PODNET_IMAGE_BIN" | grep -q 'Type: *EXEC'; then
+    die "$PODNET_IMAGE_BIN is not static and position-dependent: the image needs scripts/build-image's build"
 fi
 say "podman $(podman --version | awk '{print $NF}'), runc $(runc --version | awk 'NR==1{print $NF}'), image binary $PODNET_IMAGE_BIN"
 
@@ -414,7 +418,8 @@ err=$(pm run -d --name pn-apiserver --network host --read-only --cap-drop all \
 KUBECTL=$(command -v kubectl) || die "kubectl not found (scripts/setup installs kubernetes-client)"
 kc() { # kubectl against the apiserver, in our namespace, with the agent's token
     nsenter --net="/run/netns/$NS" timeout 20 "$KUBECTL" --server https://127.0.0.1:6443 \
-        --certificate-authority "$WORK/pki/ca.crt" --token "$TOKEN" "$@"
+        --certificate-authority "$WORK/pki/ca.crt" --token "$TOKEN" \
+        --cache-dir "$WORK/kube-cache" "$@"
 }
 for i in $(seq 1 40); do kc get nodes >/dev/null 2>&1 && break; sleep 0.25; done
 out=$(printf '%s' '{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-1"},"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"}]}}' |
@@ -442,9 +447,18 @@ done
 nat=$(nsenter --net="/run/netns/$NS" nft list table ip podnet-nat 2>&1) ||
     die "no podnet-nat table after the agent from the image synced: $nat"
 [[ $nat == *masquerade* ]] || die "the podnet-nat table has no masquerade rule: $nat"
-say "agent from the image: in-cluster over HTTPS, healthy, conflist written, table ip podnet-nat programmed"
+tables=$(nsenter --net="/run/netns/$NS" nft list tables | tr '\n' ' ')
+for t in podnet-services podnet-policy; do
+    [[ $tables == *"table ip $t "* ]] || die "the agent from the image did not program table ip $t: $tables"
+done
+say "agent from the image: in-cluster over HTTPS, healthy, conflist written, tables ip podnet-nat, podnet-services, podnet-policy programmed"
 err=$(pm rm -f -t 0 pn-agent pn-apiserver 2>&1 >/dev/null) || die "podman rm agent/apiserver failed: $err"
-nsenter --net="/run/netns/$NS" nft delete table ip podnet-nat
+# What the agent programmed goes before the podman part (which needs none of it).
+for t in podnet-nat podnet-services podnet-policy; do
+    nsenter --net="/run/netns/$NS" nft delete table ip "$t"
+done
+left=$(ip -n "$NS" route show proto 201)
+[[ -z $left ]] || die "the agent from the image left routes: $left"
 
 nets=$(pm network ls --format '{{.Name}}' 2>"$WORK/net.err") ||
     die "podman network ls failed: $(cat "$WORK/net.err")"

@@ -156,8 +156,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How soon a failed sync is retried (capped by `Config::resync`).
 pub const RETRY: Duration = Duration::from_secs(2);
 
-/// The longest one claim request (create, update, release of a pod CIDR Lease) may hold
-/// up the node sync loop. A black-holed API server (packets dropped, no reset) would
+/// The longest one claim pass (`ensure_preferring` or `release_all`: its lists, its
+/// writes and retries together) may hold up the node sync loop. A black-holed API server (packets dropped, no reset) would
 /// otherwise stall the loop for the client's read timeout (minutes), and with it the
 /// routes to nodes the watches already know. The claim is tried again on the next pass.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);

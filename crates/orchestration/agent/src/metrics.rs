@@ -36,7 +36,7 @@ pub struct Metrics {
     pub policy_sync_duration: Histogram,
     pub policy_isolated_pods: Gauge,
     pub policy_problems: Gauge,
-    /// Pod CIDR claim requests (claim, keep, release) by operation and result.
+    /// Pod CIDR claim passes (claim — which includes keeping one — or release) by result.
     pub pod_cidr_claims: Family<Vec<(String, String)>, Counter>,
     healthy: AtomicBool,
     /// The services proxy's last sync failed (healthy stays false until it succeeds).

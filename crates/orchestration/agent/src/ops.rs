@@ -394,12 +394,12 @@ impl NodeNetOps for FakeNodeNet {
 /// Records the tables it was given, rendered (`podnet_nft::render_table`).
 #[derive(Debug, Default, Clone)]
 pub struct FakeNft {
-    pub scripts: Vec<String>,
+    pub tables: Vec<String>,
 }
 
 impl NftOps for FakeNft {
     fn replace_table(&mut self, table: &Table) -> Result<()> {
-        self.scripts.push(podnet_nft::render_table(table));
+        self.tables.push(podnet_nft::render_table(table));
         Ok(())
     }
 }

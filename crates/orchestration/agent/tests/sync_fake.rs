@@ -56,7 +56,7 @@ fn first_sync_programs_everything_and_second_writes_nothing() {
         assert_eq!(r2.kernel_writes, 0, "{mode}: {r2:?}");
         assert!(!r2.conflist_written && !r2.nft_applied);
         assert_eq!(s.net.writes, writes);
-        assert_eq!(s.nft.scripts.len(), 1);
+        assert_eq!(s.nft.tables.len(), 1);
         let conf = std::fs::read_to_string(dir.path().join("net.d").join(CONFLIST_NAME)).unwrap();
         let mtu = if mode == Mode::HostGw { 1500 } else { 1450 };
         assert!(conf.contains(&format!("\"mtu\": {mtu}")), "{conf}");
@@ -75,7 +75,7 @@ fn node_leaving_removes_exactly_its_entries() {
     // route + neighbour + fdb, and the node-ips set changed (one nft transaction).
     assert_eq!(s.net.writes - w, 3);
     assert!(r.nft_applied);
-    assert!(!s.nft.scripts.last().unwrap().contains("192.168.50.13"));
+    assert!(!s.nft.tables.last().unwrap().contains("192.168.50.13"));
     let after = s.net.state.clone();
     let gone: Vec<&Route> = before.routes.difference(&after.routes).collect();
     assert_eq!(gone.len(), 1);
@@ -161,7 +161,7 @@ fn own_node_without_pod_cidr_is_an_error_and_writes_nothing() {
     let mut s = syncer(Mode::HostGw, &dir, FakeNodeNet::default());
     assert!(s.sync(&nodes()[1..]).is_err());
     assert_eq!(s.net.writes, 0);
-    assert!(s.nft.scripts.is_empty());
+    assert!(s.nft.tables.is_empty());
     assert!(!dir.path().join("net.d").join(CONFLIST_NAME).exists());
 }
 

@@ -204,7 +204,6 @@ pub fn run() -> Result<()> {
     }
 }
 
-/// `"a<sep>b"` → `("a", "b")`, or an error saying what was wanted.
 /// Copies the running binary to `dir/podnet` under a temporary name, then renames it
 /// over the old one: a runtime executing the plugin during an upgrade runs either the old
 /// or the new file, never a half-written one (the running old binary's inode stays valid).
@@ -243,6 +242,7 @@ fn install_cni(dir: &std::path::Path) -> Result<()> {
     }
 }
 
+/// `"a<sep>b"` → `("a", "b")`, or an error saying what was wanted.
 fn split_pair(s: &str, sep: char, wanted: &'static str) -> Result<(String, String)> {
     s.split_once(sep)
         .map(|(a, b)| (a.to_string(), b.to_string()))
