@@ -96,7 +96,7 @@ pub struct AgentArgs {
     node_name: String,
     #[arg(long, env = "PODNET_MODE", default_value = "host-gw", value_parser = ["host-gw", "vxlan"])]
     mode: String,
-    #[arg(long, env = "PODNET_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    #[arg(long, env = "PODNET_CLUSTER_CIDR", default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
     cluster_cidr: ipnet::Ipv4Net,
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
@@ -282,6 +282,16 @@ pub fn apiserver(a: ApiServerArgs) -> Result<()> {
             _ => podnet_apiserver::serve(listener, config).await,
         }
     })
+}
+
+/// The pods' range: an IPv4 CIDR, not /0 (the masquerade rule, the routes and the claims
+/// all need it to leave addresses outside the cluster).
+fn parse_cluster_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let cidr: ipnet::Ipv4Net = s.parse().map_err(|e| format!("{e}"))?;
+    if cidr.prefix_len() == 0 {
+        return Err("a /0 cluster CIDR leaves no address outside the cluster".into());
+    }
+    Ok(cidr)
 }
 
 pub fn agent(a: AgentArgs) -> Result<()> {

@@ -629,6 +629,10 @@ fn config_values_parse() {
             "{key}: {err}"
         );
     }
+    let mut everything = data.clone();
+    everything.insert("PODNET_CLUSTER_CIDR".into(), "0.0.0.0/0".into());
+    let err = agent_with(&everything);
+    assert!(err.contains("no address outside the cluster"), "{err}");
 }
 
 #[test]
