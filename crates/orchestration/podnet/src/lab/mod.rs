@@ -485,14 +485,17 @@ pub(crate) fn in_pod<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("the pod thread panicked"))?
 }
 
-/// `kubectl` inside the control-plane namespace, with the lab's kubeconfig.
+/// `kubectl` inside the control-plane namespace, with the lab's kubeconfig; its discovery
+/// cache in the lab's directory (`lab down` removes it), not under `~/.kube`.
 fn kubectl(t: &Topology, args: &[String]) -> Result<()> {
-    let kubeconfig = state::lab_dir(&t.lab).join("kubeconfig");
+    let dir = state::lab_dir(&t.lab);
     let ns = netns::open(netns::named_path(&t.control_plane.netns))?;
     let status = netns::run_in(&ns, || {
         std::process::Command::new("kubectl")
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(dir.join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(dir.join("kube-cache"))
             .args(args)
             .status()
             .context("run kubectl (is it installed? ./scripts/setup)")
