@@ -10,23 +10,9 @@ mod common;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -72,7 +58,7 @@ fn agent_runs_against_the_lab_api_server() {
             eventually("conflist written", || file.exists()).await;
             eventually("healthy", || {
                 TcpStream::connect("127.0.0.1:19201").is_ok()
-                    && http_get("127.0.0.1:19201", "/healthz").starts_with("HTTP/1.1 200")
+                    && common::http_get("127.0.0.1:19201", "/healthz").starts_with("HTTP/1.1 200")
             })
             .await;
             let ns_name = name.clone();
@@ -80,7 +66,7 @@ fn agent_runs_against_the_lab_api_server() {
                 routes(&ns_name).contains("via 192.168.88.2")
             })
             .await;
-            let metrics = http_get("127.0.0.1:19201", "/metrics");
+            let metrics = common::http_get("127.0.0.1:19201", "/metrics");
             for m in [
                 "podnet_agent_syncs_total{result=\"ok\"}",
                 "podnet_agent_sync_duration_seconds_bucket",
@@ -93,7 +79,7 @@ fn agent_runs_against_the_lab_api_server() {
             api.delete("peer", &DeleteParams::default()).await.unwrap();
             eventually("route removed", || routes(&ns_name).trim().is_empty()).await;
             services(client).await;
-            let metrics = http_get("127.0.0.1:19201", "/metrics");
+            let metrics = common::http_get("127.0.0.1:19201", "/metrics");
             for m in [
                 "podnet_agent_service_syncs_total{result=\"ok\"}",
                 "podnet_agent_service_ports 3",

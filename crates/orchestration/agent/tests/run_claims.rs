@@ -15,18 +15,6 @@ use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// GET /metrics from the agent's metrics server.
-async fn metrics_text(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !f().await {
@@ -186,7 +174,7 @@ fn the_agent_claims_its_subnet_when_the_cluster_allocates_none() {
         .await;
         assert!(routes(&name).contains("10.244.77.0/24 via 192.168.88.2"));
         // Counted: at least the first claim and the claim made again, and the release.
-        let metrics = metrics_text("127.0.0.1:19211").await;
+        let metrics = common::http_get("127.0.0.1:19211", "/metrics");
         let count = |labels: &str| -> u64 {
             let line = format!("podnet_agent_pod_cidr_claims_total{{{labels}}} ");
             metrics

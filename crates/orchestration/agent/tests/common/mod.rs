@@ -105,3 +105,19 @@ pub fn config(cni_conf_dir: PathBuf, metrics_addr: &str) -> Config {
         claim_grace: podnet_agent::CLAIM_GRACE,
     }
 }
+
+/// GET `path` from the agent's HTTP server (health, metrics); the whole response.
+/// Blocking: the agent runs on the other worker of the test's runtime.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
