@@ -144,9 +144,9 @@ pub fn render_masquerade(
             ("tunnel-prerouting", Hook::Prerouting),
             ("tunnel-output", Hook::Output),
         ] {
+            // Every packet of the node passes here, the inner ones included: the two
+            // compares reject nearly all of them before the set lookups.
             let notrack = Rule::new(vec![
-                in_set(NODE_IPS_SET, Expr::IpSaddr, false),
-                in_set(NODE_IPS_SET, Expr::IpDaddr, false),
                 Stmt::Match {
                     expr: Expr::MetaL4Proto,
                     op: CmpOp::Eq,
@@ -157,6 +157,8 @@ pub fn render_masquerade(
                     op: CmpOp::Eq,
                     value: Value::Port(VXLAN_PORT),
                 },
+                in_set(NODE_IPS_SET, Expr::IpSaddr, false),
+                in_set(NODE_IPS_SET, Expr::IpDaddr, false),
                 Stmt::NoTrack,
             ]);
             t.chains.push((
