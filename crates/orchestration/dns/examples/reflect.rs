@@ -9,6 +9,7 @@
 //! dnsmasq or unbound, no sockets-based server can reach that ratio on this machine.
 //!
 //! `LISTEN=127.0.0.1:5053 cargo run --release -p podnet-dns-server --example reflect`
+//! (`BATCH=N`: datagrams per system call, 32 by default as in `podnet dns`).
 
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, setsockopt,
@@ -18,19 +19,24 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-const BATCH: usize = 32;
-
 fn main() -> anyhow::Result<()> {
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:5053".into());
     let sock = UdpSocket::bind(&listen)?;
     // The receive buffer `podnet dns` asks for (bursts of queries wait here).
     setsockopt(&sock, sockopt::RcvBuf, &(4 << 20))?;
     let fd = sock.as_raw_fd();
-    let mut bufs = vec![[0u8; 512]; BATCH];
-    let mut lens = [0usize; BATCH];
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let batch: usize = match std::env::var("BATCH") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("BATCH={v}: not a count"))?,
+        Err(_) => 32,
+    };
+    let batch = batch.clamp(1, 1024);
+    let mut bufs = vec![[0u8; 512]; batch];
+    let mut lens = vec![0usize; batch];
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(batch, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(batch, None);
+    let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(batch);
     loop {
         to.clear();
         {
