@@ -1116,6 +1116,26 @@ fn network_policy_in_the_lab() {
     wait_for("open before any policy", || {
         echo_from(&ya, &to_xa).is_ok() && echo_from(&ya, &to_vip).is_ok()
     });
+    let policy_table = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node1,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                "podnet-policy",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // No pod isolated: the table has no base chain, so no packet passes through it.
+    let table = policy_table();
+    assert!(!table.contains("hook"), "{table}");
 
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), ALLOW_YB).unwrap();
@@ -1140,23 +1160,12 @@ fn network_policy_in_the_lab() {
         "ya"
     );
     assert_eq!(echo_from(&node1, &to_xa).unwrap().0, "xa");
-    // The table, and removal within a second.
-    let table = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node1,
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "podnet-policy",
-        ])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    // The table: x/a's element, and the base chains while it is isolated.
+    let table = policy_table();
     assert!(
-        table.contains(&format!("{} : jump in-", ip("xa"))),
+        table.contains(&format!("{} : jump in-", ip("xa")))
+            && table.contains("type filter hook forward priority filter; policy accept;")
+            && table.contains("type filter hook input priority filter; policy accept;"),
         "{table}"
     );
     let why = |from: &str| {
@@ -1252,6 +1261,9 @@ fn network_policy_in_the_lab() {
         removed.elapsed()
     );
     eprintln!("policy removal enforced after {:?}", removed.elapsed());
+    wait_for("no base chain once no pod is isolated", || {
+        !policy_table().contains("hook")
+    });
     agent.kill().unwrap();
     agent.wait().unwrap();
 }

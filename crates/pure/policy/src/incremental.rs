@@ -65,8 +65,8 @@ use crate::model::{
     set_point,
 };
 use crate::render::{
-    Part, SetId, TABLE, assemble, class_elements, class_rules, names, pod_element, ports_hash,
-    render_class, render_ports,
+    Part, SetId, TABLE, assemble, base_chains, class_elements, class_rules, names, pod_element,
+    ports_hash, render_class, render_ports,
 };
 
 /// A NetworkPolicy as the planner keeps it: read once, when its event arrives.
@@ -307,6 +307,9 @@ struct ClassDelta {
 
 /// Everything one sync changed, for its transaction.
 struct Changed<'s> {
+    /// The base chains come (`Some(true)`: the first local pod is isolated) or go
+    /// (`Some(false)`: the last one is released); `None`: they stay as they are.
+    guard: Option<bool>,
     classes: &'s BTreeSet<String>,
     ports: &'s [u64],
     deltas: &'s [ClassDelta],
@@ -580,6 +583,7 @@ impl Planner {
     /// Plans what the events since the last sync can have changed and returns the
     /// transaction that brings the table there.
     pub fn sync(&mut self) -> PolicySync {
+        let guarded_before = self.guarded();
         let keys: Vec<String> = if std::mem::take(&mut self.replan_all) {
             self.dirty_pods.clear();
             self.local
@@ -890,6 +894,7 @@ impl Planner {
             };
         }
         let tx = self.transaction(Changed {
+            guard: (guarded_before != self.guarded()).then(|| self.guarded()),
             classes: &created,
             ports: &created_ports,
             deltas: &deltas,
@@ -1045,6 +1050,26 @@ impl Planner {
                 });
             }
         }
+        // The base chains, last in: by then every class chain their maps jump to exists.
+        for (chain, rules) in base_chains() {
+            match c.guard {
+                Some(true) => {
+                    let name = chain.name.clone();
+                    tx.push(Op::AddChain(chain));
+                    for rule in rules {
+                        tx.push(Op::AddRule {
+                            chain: name.clone(),
+                            rule,
+                        });
+                    }
+                }
+                Some(false) => {
+                    tx.push(Op::FlushChain(chain.name.clone()));
+                    tx.push(Op::DeleteChain(chain.name));
+                }
+                None => {}
+            }
+        }
         for (_, sets) in c.removed {
             for set in sets {
                 tx.push(Op::DeleteSet(set.clone()));
@@ -1070,6 +1095,11 @@ impl Planner {
         render_class(name, class.ingress, &class.allowed, &mut |r| {
             self.ports.hashes[r]
         })
+    }
+
+    /// Whether some local pod is isolated (in either direction): the base chains exist.
+    fn guarded(&self) -> bool {
+        !self.maps[0].is_empty() || !self.maps[1].is_empty()
     }
 
     /// The whole table as the planner holds it (the first sync's and a full replace's;

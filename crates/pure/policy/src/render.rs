@@ -8,6 +8,7 @@
 //!                      ip saddr vmap @egress-pods; ip daddr vmap @ingress-pods
 //!   chain input        filter hook input:    ct established,related accept;
 //!                      ip saddr vmap @egress-pods          (pods → their own node)
+//!                      (both only while some local pod is isolated: see below)
 //!   chain in-H         ip saddr @in-H-any return;
 //!                      ip saddr @in-H-K meta l4proto . th dport @ports-K return;  (per K)
 //!                      (and the same for `…-ranges` sets); goto refuse
@@ -21,6 +22,13 @@
 //!                      tcp → reset
 //! ```
 //! (`out-H` the same with `ip daddr`.)
+//!
+//! The two base chains exist only while one of the pod maps has an element: a node none
+//! of whose pods is isolated passes no packet through this table (every base chain is
+//! one more hook call and rule walk for every packet the node forwards — the established
+//! packets of every flow included — and the node pays it for a feature not in use). The
+//! transaction that isolates the node's first pod adds them, with the pod's element; the
+//! one that releases its last pod deletes them. The sets, the maps and `refuse` stay.
 //!
 //! Per packet of a new connection: two hash lookups (source pod, destination pod), then in
 //! the class chain one lookup per address set: for any port, and per distinct port set
@@ -171,37 +179,12 @@ pub(crate) fn assemble(
     ports: impl IntoIterator<Item = (Set, Vec<Element>)>,
 ) -> Table {
     let mut t = Table::new(Family::Ip, TABLE);
-    let filter = |hook| BaseChain {
-        kind: ChainKind::Filter,
-        hook,
-        priority: 0,
-        policy: Policy::Accept,
-    };
-    let established = || {
-        Rule::new(vec![
-            Stmt::MatchBits {
-                expr: Expr::CtState,
-                mask: ct_state::ESTABLISHED | ct_state::RELATED,
-                op: CmpOp::Ne,
-                value: 0,
-            },
-            Stmt::Verdict(Verdict::Accept),
-        ])
-    };
+    let guarded = !ingress_elems.is_empty() || !egress_elems.is_empty();
     t.sets.push((pods_map(names::INGRESS_PODS), ingress_elems));
     t.sets.push((pods_map(names::EGRESS_PODS), egress_elems));
-    t.chains.push((
-        Chain::base(names::FORWARD, filter(Hook::Forward)),
-        vec![
-            established(),
-            vmap(Expr::IpSaddr, names::EGRESS_PODS),
-            vmap(Expr::IpDaddr, names::INGRESS_PODS),
-        ],
-    ));
-    t.chains.push((
-        Chain::base(names::INPUT, filter(Hook::Input)),
-        vec![established(), vmap(Expr::IpSaddr, names::EGRESS_PODS)],
-    ));
+    if guarded {
+        t.chains.extend(base_chains());
+    }
     t.chains.push((
         Chain::regular(names::REFUSE),
         vec![
@@ -251,6 +234,42 @@ pub(crate) fn assemble(
     t.sets.extend(peers);
     t.sets.extend(ports);
     t
+}
+
+/// The base chains `forward` and `input` with their rules: present while some local pod
+/// is isolated (see the module doc).
+pub(crate) fn base_chains() -> [(Chain, Vec<Rule>); 2] {
+    let filter = |hook| BaseChain {
+        kind: ChainKind::Filter,
+        hook,
+        priority: 0,
+        policy: Policy::Accept,
+    };
+    let established = || {
+        Rule::new(vec![
+            Stmt::MatchBits {
+                expr: Expr::CtState,
+                mask: ct_state::ESTABLISHED | ct_state::RELATED,
+                op: CmpOp::Ne,
+                value: 0,
+            },
+            Stmt::Verdict(Verdict::Accept),
+        ])
+    };
+    [
+        (
+            Chain::base(names::FORWARD, filter(Hook::Forward)),
+            vec![
+                established(),
+                vmap(Expr::IpSaddr, names::EGRESS_PODS),
+                vmap(Expr::IpDaddr, names::INGRESS_PODS),
+            ],
+        ),
+        (
+            Chain::base(names::INPUT, filter(Hook::Input)),
+            vec![established(), vmap(Expr::IpSaddr, names::EGRESS_PODS)],
+        ),
+    ]
 }
 
 fn pods_map(name: &str) -> Set {

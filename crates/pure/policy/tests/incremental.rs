@@ -566,7 +566,8 @@ fn a_label_change_nobody_selects_sends_nothing() {
         [format!("add 1 to {class}-any")]
     );
     // The selected pod's own label moves it out of the policy: its map element goes, and
-    // its class with it.
+    // its class with it; it was the node's only isolated pod, so the base chains go too
+    // (no packet passes the table while no local pod is isolated).
     planner.set_pod(PodInput::new(&mk("db", "cache", "10.244.0.2", json!({}))));
     let tx = planner.sync().transaction;
     assert_eq!(
@@ -574,8 +575,34 @@ fn a_label_change_nobody_selects_sends_nothing() {
         [
             "delete 1 from ingress-pods".to_string(),
             format!("FlushChain({class:?})"),
+            "FlushChain(\"forward\")".to_string(),
+            "DeleteChain(\"forward\")".to_string(),
+            "FlushChain(\"input\")".to_string(),
+            "DeleteChain(\"input\")".to_string(),
             format!("DeleteSet({:?})", format!("{class}-any")),
             format!("DeleteChain({class:?})"),
         ]
     );
+    let bases = |t: &podnet_nft::Table| -> Vec<String> {
+        t.chains
+            .iter()
+            .filter(|(c, _)| c.base.is_some())
+            .map(|(c, _)| c.name.clone())
+            .collect()
+    };
+    assert!(bases(&planner.table()).is_empty());
+    // Isolated again: the base chains come back, after the pod's element and its class.
+    planner.set_pod(PodInput::new(&mk("db", "db", "10.244.0.2", json!({}))));
+    let ops = summary(&planner.sync().transaction);
+    let at = |s: &str| ops.iter().position(|o| o.starts_with(s)).expect(s);
+    assert!(
+        at("add 1 to ingress-pods") < at("AddChain(Chain { name: \"forward\""),
+        "{ops:?}"
+    );
+    assert_eq!(
+        ops.iter().filter(|o| o.as_str() == "rule forward").count(),
+        3
+    );
+    assert_eq!(ops.iter().filter(|o| o.as_str() == "rule input").count(), 2);
+    assert_eq!(bases(&planner.table()), ["forward", "input"]);
 }
