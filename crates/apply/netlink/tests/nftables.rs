@@ -899,6 +899,7 @@ fn services_proxy_table_lists_identically_and_changes_by_difference() {
     sticky.affinity_seconds = Some(60);
     sticky.node_port = Some(30012);
     let empty = port("empty", Protocol::Tcp, "10.96.0.13", 9000);
+    let vacant = port("vacant", Protocol::Udp, "10.96.0.14", 7000);
 
     let config = ProxyConfig {
         cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
@@ -934,7 +935,7 @@ fn services_proxy_table_lists_identically_and_changes_by_difference() {
     }
 
     type Step<'a> = &'a dyn Fn(&mut Vec<ServicePort>);
-    let steps: [Step; 5] = [
+    let steps: [Step; 6] = [
         // web grows to 3 endpoints: out of pick-2 (shop stays), ext-pick-2 goes.
         &|p| p[0].cluster_endpoints.push(ep("10.244.3.5", 8080, false)),
         // shop loses its local endpoint: Local traffic from outside is dropped.
@@ -955,7 +956,12 @@ fn services_proxy_table_lists_identically_and_changes_by_difference() {
         },
         // everything but the affinity port goes.
         &|p| p.retain(|p| p.affinity_seconds.is_some()),
+        // a port without endpoints comes: the filter base chains come back.
+        &|p| p.push(vacant.clone()),
     ];
+    // The filter base chains exist exactly while some frontend has no endpoint.
+    let hooks = [true, true, true, false, false, true];
+    assert!(listing.contains("chain filter-prerouting"), "{listing}");
     for (i, step) in steps.iter().enumerate() {
         step(&mut ports);
         let plan = proxy.sync(ports.clone());
@@ -976,5 +982,13 @@ fn services_proxy_table_lists_identically_and_changes_by_difference() {
             "step {i}:\n{}",
             render_transaction(&plan.transaction)
         );
+        let listing = list_table(&a, "ip", "podnet-services");
+        for chain in ["chain filter-prerouting", "chain filter-output"] {
+            assert_eq!(
+                listing.contains(chain),
+                hooks[i],
+                "step {i}: {chain}\n{listing}"
+            );
+        }
     }
 }

@@ -1362,6 +1362,26 @@ fn terminating_endpoints_get_no_new_traffic_unless_no_ready_one_is_left_in_the_l
             && slice_conditions(&lab, "drain").len() == 2
     });
     wait_for("the Service to answer", || echo_from(&client, &vip).is_ok());
+    // The Services table's filter base chains exist only while some Service port has no
+    // endpoint: none here yet.
+    let hooks = || -> Vec<bool> {
+        ["node-1", "node-2"]
+            .iter()
+            .map(|n| {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &format!("pn-{}-{n}", lab.name)])
+                    .args(["nft", "list", "table", "ip", "podnet-services"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", text(&out));
+                String::from_utf8_lossy(&out.stdout).contains("chain filter-prerouting")
+            })
+            .collect()
+    };
+    wait_for(
+        "no filter base chain while every port has endpoints",
+        || hooks() == [false, false],
+    );
     let delete = |pod: &str| {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), drain_pod(pod, 0)).unwrap();
@@ -1447,6 +1467,7 @@ fn terminating_endpoints_get_no_new_traffic_unless_no_ready_one_is_left_in_the_l
         "{:?}",
         t.elapsed()
     );
+    assert_eq!(hooks(), [true, true], "the refusing chains, on both nodes");
 }
 
 /// `podnet lab matrix` output → (from, to) → connected.

@@ -18,8 +18,8 @@ use podnet_nft::{Chain, Element, Op, Rule, Set, Table, Transaction, Value};
 use crate::incremental::ObjectName;
 use crate::model::{PortName, Problem, Protocol, ServicePort};
 use crate::render::{
-    FAMILY, Map, PortObjects, ProxyConfig, Shared, TABLE, frontend_key, names, render_base,
-    render_port,
+    FAMILY, Map, PortObjects, ProxyConfig, Shared, TABLE, filter_hook_chains, frontend_key, names,
+    render_base, render_port,
 };
 
 /// One programmed port. Its objects are rendered again when needed ([`render_port`] is a
@@ -104,6 +104,11 @@ pub struct Proxy {
     shared_programmed: BTreeSet<Shared>,
     /// Local endpoint IP → how many ports use it (the shared `hairpin` set).
     hairpin: BTreeMap<Ipv4Addr, usize>,
+    /// Elements of `no-endpoint-ips` and `no-endpoint-nodeports` programmed: the
+    /// filter base chains ([`filter_hook_chains`]) exist while there are any.
+    no_endpoint: usize,
+    /// Whether the kernel holds those chains (as of the last transaction built).
+    filter_hooks_programmed: bool,
     /// False until a transaction built by `sync` has been taken whole by the kernel.
     in_step: bool,
 }
@@ -118,6 +123,8 @@ impl Proxy {
             shared: BTreeMap::new(),
             shared_programmed: BTreeSet::new(),
             hairpin: BTreeMap::new(),
+            no_endpoint: 0,
+            filter_hooks_programmed: false,
             in_step: false,
         }
     }
@@ -157,7 +164,7 @@ impl Proxy {
 
     /// The table of the fixed part, the shared pickers, the hairpin set and `ports`.
     fn assemble(&self, ports: Assembly) -> Table {
-        let mut t = render_base(&self.config);
+        let mut t = render_base(&self.config, self.no_endpoint > 0);
         let mut elements: BTreeMap<String, Vec<Element>> = ports
             .elements
             .into_iter()
@@ -416,6 +423,7 @@ impl Proxy {
             self.difference(&old, &new)
         };
         self.shared_programmed = self.shared.keys().copied().collect();
+        self.filter_hooks_programmed = self.no_endpoint > 0;
         self.in_step = true;
         SyncPlan {
             transaction,
@@ -441,6 +449,9 @@ impl Proxy {
         for (map, e) in &objects.elements {
             if let Some(k) = frontend_key(map, &e.key) {
                 self.owners.insert(k);
+            }
+            if is_no_endpoint(map) {
+                self.no_endpoint += 1;
             }
         }
         for s in &objects.shared {
@@ -493,6 +504,9 @@ impl Proxy {
         for (map, e) in &objects.elements {
             if let Some(k) = frontend_key(map, &e.key) {
                 self.owners.remove(&k);
+            }
+            if is_no_endpoint(map) {
+                self.no_endpoint -= 1;
             }
         }
         for s in &objects.shared {
@@ -571,6 +585,14 @@ impl Proxy {
                     .entry(names::HAIRPIN.into())
                     .or_default()
                     .push(hairpin_element(ip));
+            }
+        }
+        // The filter base chains go first when the last no-endpoint frontend goes.
+        let hooks = self.no_endpoint > 0;
+        if self.filter_hooks_programmed && !hooks {
+            for (chain, _) in filter_hook_chains() {
+                tx.push(Op::FlushChain(chain.name.clone()));
+                tx.push(Op::DeleteChain(chain.name));
             }
         }
         for (set, elems) in deletions {
@@ -663,6 +685,19 @@ impl Proxy {
         for (set, elems) in additions {
             tx.push(Op::AddElements { set, elems });
         }
+        // … and come last, after the first no-endpoint frontend's element.
+        if hooks && !self.filter_hooks_programmed {
+            for (chain, rules) in filter_hook_chains() {
+                let name = chain.name.clone();
+                tx.push(Op::AddChain(chain));
+                for rule in rules {
+                    tx.push(Op::AddRule {
+                        chain: name.clone(),
+                        rule,
+                    });
+                }
+            }
+        }
         tx
     }
 }
@@ -688,7 +723,7 @@ impl Proxy {
     /// transaction a full [`Proxy::sync_services`] returns.
     pub fn replace_parts(&self) -> impl Iterator<Item = Vec<Op>> + '_ {
         // The fixed part, the shared pickers and the affinity ports' own chains and sets.
-        let mut t = render_base(&self.config);
+        let mut t = render_base(&self.config, self.no_endpoint > 0);
         t.sets.extend(
             self.shared
                 .keys()
@@ -801,6 +836,11 @@ fn collect_parts(
         }
     }
     tx
+}
+
+/// The maps of frontends without endpoints (what the filter base chains are for).
+fn is_no_endpoint(map: &Map) -> bool {
+    matches!(map, Map::NoEndpointIps | Map::NoEndpointNodeports)
 }
 
 fn hairpin_element(ip: Ipv4Addr) -> Element {

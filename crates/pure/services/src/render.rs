@@ -16,6 +16,7 @@
 //!   map no-endpoint-nodeports (as service-nodeports)
 //!   set hairpin               ipv4_addr . ipv4_addr                            # local endpoint, twice
 //!   chain filter-prerouting / filter-output  (filter, dstnat - 10): ct state new → no-endpoints
+//!                         (only while some frontend has no endpoint: [`filter_hook_chains`])
 //!   chain no-endpoints    ip daddr . meta l4proto . th dport vmap @no-endpoint-ips
 //!                         fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports
 //!   chain reject-service  meta l4proto tcp reject with tcp reset; reject (icmp port unreachable)
@@ -121,6 +122,8 @@ pub mod names {
     pub const REJECT: &str = "reject-service";
     pub const SERVICES: &str = "services";
     pub const MASQUERADING: &str = "masquerading";
+    pub const FILTER_PREROUTING: &str = "filter-prerouting";
+    pub const FILTER_OUTPUT: &str = "filter-output";
 
     fn prefix(f: Frontend, e: Endpoints) -> &'static str {
         match (f, e) {
@@ -376,8 +379,45 @@ fn count(eps: &[Endpoint]) -> u32 {
     u32::try_from(eps.len()).expect("endpoint count fits u32")
 }
 
-/// The fixed part of the table (no service ports).
-pub fn render_base(config: &ProxyConfig) -> Table {
+/// The base chains `filter-prerouting` / `filter-output` (filter, dstnat - 10):
+/// `ct state new jump no-endpoints`. The proxy adds them only while some frontend has no
+/// endpoint (an element of `no-endpoint-ips` or `no-endpoint-nodeports`): otherwise
+/// `no-endpoints` could match nothing, and a base chain is one more hook call and rule
+/// for every packet the node forwards or sends (the policy table's base chains are gated
+/// the same way).
+pub fn filter_hook_chains() -> [(Chain, Vec<Rule>); 2] {
+    let new_conn_jump = || {
+        vec![Rule::new(vec![
+            Stmt::MatchBits {
+                expr: Expr::CtState,
+                mask: ct_state::NEW,
+                op: CmpOp::Ne,
+                value: 0,
+            },
+            Stmt::Verdict(Verdict::Jump(names::NO_ENDPOINTS.into())),
+        ])]
+    };
+    let base = |hook| BaseChain {
+        kind: ChainKind::Filter,
+        hook,
+        priority: -110,
+        policy: Policy::Accept,
+    };
+    [
+        (
+            Chain::base(names::FILTER_PREROUTING, base(Hook::Prerouting)),
+            new_conn_jump(),
+        ),
+        (
+            Chain::base(names::FILTER_OUTPUT, base(Hook::Output)),
+            new_conn_jump(),
+        ),
+    ]
+}
+
+/// The fixed part of the table (no service ports), with the [`filter_hook_chains`] when
+/// `no_endpoint_frontends`.
+pub fn render_base(config: &ProxyConfig, no_endpoint_frontends: bool) -> Table {
     let chain = |name: &str, kind, hook, priority| {
         Chain::base(
             name,
@@ -406,12 +446,6 @@ pub fn render_base(config: &ProxyConfig) -> Table {
     .collect();
 
     let jump = |c: &str| Rule::new(vec![Stmt::Verdict(Verdict::Jump(c.into()))]);
-    let new_conn = || Stmt::MatchBits {
-        expr: Expr::CtState,
-        mask: ct_state::NEW,
-        op: CmpOp::Ne,
-        value: 0,
-    };
     let local_dst = || {
         m(
             Expr::FibDaddrType,
@@ -448,25 +482,6 @@ pub fn render_base(config: &ProxyConfig) -> Table {
         },
     ]));
     t.chains = vec![
-        (
-            chain(
-                "filter-prerouting",
-                ChainKind::Filter,
-                Hook::Prerouting,
-                -110,
-            ),
-            vec![Rule::new(vec![
-                new_conn(),
-                Stmt::Verdict(Verdict::Jump(names::NO_ENDPOINTS.into())),
-            ])],
-        ),
-        (
-            chain("filter-output", ChainKind::Filter, Hook::Output, -110),
-            vec![Rule::new(vec![
-                new_conn(),
-                Stmt::Verdict(Verdict::Jump(names::NO_ENDPOINTS.into())),
-            ])],
-        ),
         (
             Chain::regular(names::NO_ENDPOINTS),
             vec![
@@ -532,6 +547,9 @@ pub fn render_base(config: &ProxyConfig) -> Table {
             ],
         ),
     ];
+    if no_endpoint_frontends {
+        t.chains.splice(0..0, filter_hook_chains());
+    }
     t
 }
 
