@@ -473,6 +473,17 @@ impl Transaction {
         self
     }
 
+    /// `add chain` and its rules, in order.
+    pub fn add_chain(&mut self, chain: Chain, rules: Vec<Rule>) -> &mut Self {
+        let name = chain.name.clone();
+        self.ops.push(Op::AddChain(chain));
+        self.ops.extend(rules.into_iter().map(|rule| Op::AddRule {
+            chain: name.clone(),
+            rule,
+        }));
+        self
+    }
+
     /// The atomic full replace of `table`, whether or not it exists:
     /// `add table; delete table; add table; …its content…`. Established connections keep
     /// their conntrack NAT bindings, and there is no instant without the ruleset.

@@ -1054,14 +1054,7 @@ impl Planner {
         for (chain, rules) in base_chains() {
             match c.guard {
                 Some(true) => {
-                    let name = chain.name.clone();
-                    tx.push(Op::AddChain(chain));
-                    for rule in rules {
-                        tx.push(Op::AddRule {
-                            chain: name.clone(),
-                            rule,
-                        });
-                    }
+                    tx.add_chain(chain, rules);
                 }
                 Some(false) => {
                     tx.push(Op::FlushChain(chain.name.clone()));

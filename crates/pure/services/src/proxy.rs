@@ -688,14 +688,7 @@ impl Proxy {
         // … and come last, after the first no-endpoint frontend's element.
         if hooks && !self.filter_hooks_programmed {
             for (chain, rules) in filter_hook_chains() {
-                let name = chain.name.clone();
-                tx.push(Op::AddChain(chain));
-                for rule in rules {
-                    tx.push(Op::AddRule {
-                        chain: name.clone(),
-                        rule,
-                    });
-                }
+                tx.add_chain(chain, rules);
             }
         }
         tx
