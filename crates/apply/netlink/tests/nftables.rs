@@ -203,12 +203,14 @@ fn inet_table_with_ipv6_lists_identically() {
         hook: Hook::Prerouting,
         priority: -100,
         policy: Policy::Accept,
+        device: None,
     };
     let filter = BaseChain {
         kind: ChainKind::Filter,
         hook: Hook::Forward,
         priority: 0,
         policy: Policy::Drop,
+        device: None,
     };
     let m = |expr, op, value| Stmt::Match { expr, op, value };
     t.chains = vec![
@@ -289,6 +291,117 @@ fn inet_table_with_ipv6_lists_identically() {
             via_netlink.contains(needle),
             "missing {needle:?} in\n{via_netlink}"
         );
+    }
+}
+
+/// (1c) The same for a netdev table: a chain on one device's ingress hook (VXLAN mode's
+/// `podnet-tunnel`), whose IPv4 and IPv6 matches need the EtherType dependency nft adds
+/// (`meta protocol ip`/`ip6`, elided again in listings).
+#[test]
+fn netdev_ingress_table_lists_identically() {
+    let mut nss = Namespaces::new("netdev");
+    let (a, b) = (nss.ns("netlink"), nss.ns("text"));
+    for ns in [&a, &b] {
+        ip(ns, "link add under0 type veth peer name under1");
+    }
+    let mut t = Table::new(Family::Netdev, "podnet-tunnel");
+    t.sets = vec![(
+        Set::new("node-ips", vec![Type::Ipv4Addr]),
+        ["192.168.50.11", "192.168.50.12"]
+            .iter()
+            .map(|s| Element::key(vec![Value::Ipv4(s.parse().unwrap())]))
+            .collect(),
+    )];
+    let in_nodes = |key| Stmt::InSet {
+        keys: vec![key],
+        set: "node-ips".into(),
+        negate: false,
+    };
+    let m = |expr, op, value| Stmt::Match { expr, op, value };
+    t.chains = vec![(
+        Chain::base(
+            "underlay-ingress",
+            BaseChain {
+                kind: ChainKind::Filter,
+                hook: Hook::Ingress,
+                priority: -300,
+                policy: Policy::Accept,
+                device: Some("under0".into()),
+            },
+        ),
+        vec![
+            Rule::new(vec![
+                m(Expr::MetaL4Proto, CmpOp::Eq, Value::UDP),
+                m(Expr::ThDport, CmpOp::Eq, Value::Port(4789)),
+                in_nodes(Expr::IpSaddr),
+                in_nodes(Expr::IpDaddr),
+                Stmt::NoTrack,
+            ]),
+            Rule::new(vec![
+                m(
+                    Expr::Ip6Daddr,
+                    CmpOp::Eq,
+                    Value::Ipv6("fd00::1".parse().unwrap()),
+                ),
+                Stmt::Counter,
+            ]),
+        ],
+    )];
+    let tx = Transaction::replace_table(&t);
+    nft_in(&a).apply(&tx).expect("apply through netlink");
+    let text = render_transaction(&tx);
+    let (ok, _, err) = nft_tool(&b, &["-f", "-"], Some(&text));
+    assert!(ok, "nft -f of the rendered text failed: {err}\n{text}");
+    let via_netlink = list_table(&a, "netdev", "podnet-tunnel");
+    assert_eq!(via_netlink, list_table(&b, "netdev", "podnet-tunnel"));
+    // Listings elide the dependencies; the kernel's expressions show them (the rules'
+    // part: a hash set dumps its elements in no fixed order).
+    let exprs = |ns: &str| {
+        let (ok, out, err) = nft_tool(
+            ns,
+            &[
+                "--debug=netlink",
+                "list",
+                "table",
+                "netdev",
+                "podnet-tunnel",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+        out.lines()
+            .filter(|l| !l.starts_with("\telement "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let via_netlink_exprs = exprs(&a);
+    assert_eq!(via_netlink_exprs, exprs(&b));
+    for needle in [
+        "type filter hook ingress device \"under0\" priority -300; policy accept;",
+        "udp dport 4789 ip saddr @node-ips ip daddr @node-ips notrack",
+        "ip6 daddr fd00::1 counter",
+    ] {
+        assert!(
+            via_netlink.contains(needle),
+            "missing {needle:?} in\n{via_netlink}"
+        );
+    }
+    for needle in [
+        "[ meta load protocol => reg 1 ]\n  [ cmp eq reg 1 0x00000008 ]",
+        "[ meta load protocol => reg 1 ]\n  [ cmp eq reg 1 0x0000dd86 ]",
+    ] {
+        assert!(
+            via_netlink_exprs.contains(needle),
+            "missing {needle:?} in\n{via_netlink_exprs}"
+        );
+    }
+    // Removing it leaves nothing, and removing what is not there is no error.
+    for _ in 0..2 {
+        nft_in(&a)
+            .apply(&Transaction::remove_table(Family::Netdev, "podnet-tunnel"))
+            .expect("remove the table");
+        let (_, out, _) = nft_tool(&a, &["list", "tables"], None);
+        assert!(!out.contains("podnet-tunnel"), "{out}");
     }
 }
 

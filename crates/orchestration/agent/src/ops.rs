@@ -12,12 +12,12 @@ use anyhow::{Context, Result, anyhow};
 use ipnet::{IpNet, Ipv4Net};
 use podnet_netlink::nftables::Nftables;
 use podnet_netlink::{FdbEntry, Neighbour, Netlink, Op, RouteSpec, VxlanSpec};
-use podnet_nft::{Table, Transaction};
+use podnet_nft::{Family, Table, Transaction, family_name};
 use podnet_nodenet::{
     Changes, Fdb, KernelState, Neigh, ROUTE_PROTOCOL, Route, VXLAN_DEVICE, VxlanDevice, VxlanState,
 };
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// The kernel objects podnet owns on a node.
 pub trait NodeNetOps {
@@ -27,12 +27,16 @@ pub trait NodeNetOps {
     fn apply(&mut self, changes: &Changes) -> Result<usize>;
     /// `net.ipv4.ip_forward = 1` in the node's namespace.
     fn ensure_forwarding(&mut self) -> Result<()>;
+    /// The name of the link that holds address `ip` (the node IP's: the underlay), if any.
+    fn link_with_address(&mut self, ip: Ipv4Addr) -> Result<Option<String>>;
 }
 
-/// The node's nftables table.
+/// The node's nftables tables.
 pub trait NftOps {
     /// Replaces `table` whole (created if missing) in one atomic transaction.
     fn replace_table(&mut self, table: &Table) -> Result<()>;
+    /// Removes table `name` of `family`, if it exists.
+    fn remove_table(&mut self, family: Family, name: &str) -> Result<()>;
 }
 
 /// [`NodeNetOps`] over rtnetlink, in the namespace the socket was opened in.
@@ -280,6 +284,18 @@ impl NodeNetOps for LinuxNodeNet {
         }
         std::fs::write(path, "1\n").with_context(|| format!("write {path}"))
     }
+
+    fn link_with_address(&mut self, ip: Ipv4Addr) -> Result<Option<String>> {
+        let Some(a) = self
+            .nl
+            .addresses(None)?
+            .into_iter()
+            .find(|a| a.net.addr() == IpAddr::V4(ip))
+        else {
+            return Ok(None);
+        };
+        Ok(self.nl.link_by_index(a.index)?.map(|l| l.name))
+    }
 }
 
 /// [`NftOps`] over nf_tables netlink, in the calling thread's network namespace (a socket
@@ -291,7 +307,13 @@ impl NftOps for LinuxNft {
     fn replace_table(&mut self, table: &Table) -> Result<()> {
         let mut nft = Nftables::open().context("open nf_tables netlink")?;
         nft.apply(&Transaction::replace_table(table))
-            .with_context(|| format!("replace table ip {}", table.name))
+            .with_context(|| format!("replace table {} {}", family_name(table.family), table.name))
+    }
+
+    fn remove_table(&mut self, family: Family, name: &str) -> Result<()> {
+        let mut nft = Nftables::open().context("open nf_tables netlink")?;
+        nft.apply(&Transaction::remove_table(family, name))
+            .with_context(|| format!("remove table {} {name}", family_name(family)))
     }
 }
 
@@ -305,6 +327,9 @@ pub struct FakeNodeNet {
     pub forwarding: bool,
     /// Routes of other owners (other protocols): must never be touched.
     pub foreign_routes: BTreeSet<Ipv4Net>,
+    /// The links' addresses ([`NodeNetOps::link_with_address`]); none holds the node IP
+    /// unless a test puts it here.
+    pub addresses: Vec<(Ipv4Addr, String)>,
 }
 
 impl NodeNetOps for FakeNodeNet {
@@ -389,9 +414,18 @@ impl NodeNetOps for FakeNodeNet {
         self.forwarding = true;
         Ok(())
     }
+
+    fn link_with_address(&mut self, ip: Ipv4Addr) -> Result<Option<String>> {
+        Ok(self
+            .addresses
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, l)| l.clone()))
+    }
 }
 
-/// Records the tables it was given, rendered (`podnet_nft::render_table`).
+/// Records the tables it was given, rendered (`podnet_nft::render_table`), and the
+/// removals (`remove table FAMILY NAME`), in order.
 #[derive(Debug, Default, Clone)]
 pub struct FakeNft {
     pub tables: Vec<String>,
@@ -400,6 +434,12 @@ pub struct FakeNft {
 impl NftOps for FakeNft {
     fn replace_table(&mut self, table: &Table) -> Result<()> {
         self.tables.push(podnet_nft::render_table(table));
+        Ok(())
+    }
+
+    fn remove_table(&mut self, family: Family, name: &str) -> Result<()> {
+        self.tables
+            .push(format!("remove table {} {name}", family_name(family)));
         Ok(())
     }
 }

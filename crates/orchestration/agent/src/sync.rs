@@ -12,7 +12,10 @@ use crate::ops::{NftOps, NodeNetOps};
 use anyhow::{Context, Result, anyhow};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
-use podnet_nodenet::{Mode, NodeInfo, diff, plan_node, render_cni_conflist, render_masquerade};
+use podnet_nodenet::{
+    Mode, NodeInfo, TUNNEL_TABLE, diff, plan_node, render_cni_conflist, render_masquerade,
+    render_tunnel,
+};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +53,9 @@ pub struct Syncer<N, F> {
     pub net: N,
     pub nft: F,
     last_nft: Option<podnet_nft::Table>,
+    /// The netdev table `podnet-tunnel` as last applied: `Some(None)` once it is known
+    /// absent (host-gw mode), `None` before the first sync.
+    last_tunnel: Option<Option<podnet_nft::Table>>,
     forwarding: bool,
 }
 
@@ -87,6 +93,7 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
             net,
             nft,
             last_nft: None,
+            last_tunnel: None,
             forwarding: false,
         }
     }
@@ -145,11 +152,53 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
                 Err(e) => failures.push(format!("masquerade: {e:#}")),
             }
         }
+        if let Err(e) = self.sync_tunnel(me.ip, &ips, &mut report) {
+            failures.push(format!("tunnel: {e:#}"));
+        }
         if failures.is_empty() {
             Ok(report)
         } else {
             Err(anyhow!(failures.join("; ")))
         }
+    }
+}
+
+impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
+    /// VXLAN mode: table `podnet-tunnel` on the link that holds the node IP, replaced
+    /// when it (or the node IPs) changed. host-gw mode: the table removed (once), should a
+    /// VXLAN-mode run have left it.
+    fn sync_tunnel(
+        &mut self,
+        node_ip: Ipv4Addr,
+        ips: &[Ipv4Addr],
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let want = match self.config.mode {
+            Mode::HostGw => None,
+            Mode::Vxlan => {
+                let link = self
+                    .net
+                    .link_with_address(node_ip)
+                    .context("find the underlay link")?
+                    .ok_or_else(|| {
+                        anyhow!("the node IP {node_ip} is on no link here: no underlay to hook")
+                    })?;
+                Some(render_tunnel(ips, &link))
+            }
+        };
+        if self.last_tunnel.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        match &want {
+            Some(table) => self.nft.replace_table(table)?,
+            None => self
+                .nft
+                .remove_table(podnet_nft::Family::Netdev, TUNNEL_TABLE)?,
+        }
+        report.kernel_writes += 1;
+        report.nft_applied |= want.is_some();
+        self.last_tunnel = Some(want);
+        Ok(())
     }
 }
 

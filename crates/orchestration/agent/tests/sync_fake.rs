@@ -22,7 +22,16 @@ fn nodes() -> Vec<NodeInfo> {
     ]
 }
 
-fn syncer(mode: Mode, dir: &tempfile::TempDir, net: FakeNodeNet) -> Syncer<FakeNodeNet, FakeNft> {
+/// A syncer for node w1, whose IP is on link `eth0` unless `net` says otherwise.
+fn syncer(
+    mode: Mode,
+    dir: &tempfile::TempDir,
+    mut net: FakeNodeNet,
+) -> Syncer<FakeNodeNet, FakeNft> {
+    if net.addresses.is_empty() {
+        net.addresses
+            .push(("192.168.50.11".parse().unwrap(), "eth0".into()));
+    }
     Syncer::new(
         SyncConfig {
             node_name: "w1".into(),
@@ -56,7 +65,20 @@ fn first_sync_programs_everything_and_second_writes_nothing() {
         assert_eq!(r2.kernel_writes, 0, "{mode}: {r2:?}");
         assert!(!r2.conflist_written && !r2.nft_applied);
         assert_eq!(s.net.writes, writes);
-        assert_eq!(s.nft.tables.len(), 1);
+        // The masquerade table, then VXLAN mode's tunnel table on the underlay link (in
+        // host-gw mode its removal, should a VXLAN run have left one).
+        assert_eq!(s.nft.tables.len(), 2);
+        assert!(s.nft.tables[0].starts_with("table ip podnet-nat"));
+        if mode == Mode::HostGw {
+            assert_eq!(s.nft.tables[1], "remove table netdev podnet-tunnel");
+        } else {
+            assert!(
+                s.nft.tables[1].starts_with("table netdev podnet-tunnel")
+                    && s.nft.tables[1].contains("hook ingress device \"eth0\""),
+                "{}",
+                s.nft.tables[1]
+            );
+        }
         let conf = std::fs::read_to_string(dir.path().join("net.d").join(CONFLIST_NAME)).unwrap();
         let mtu = if mode == Mode::HostGw { 1500 } else { 1450 };
         assert!(conf.contains(&format!("\"mtu\": {mtu}")), "{conf}");
@@ -72,10 +94,16 @@ fn node_leaving_removes_exactly_its_entries() {
     let before = s.net.state.clone();
     let w = s.net.writes;
     let r = s.sync(&nodes()[..2]).unwrap();
-    // route + neighbour + fdb, and the node-ips set changed (one nft transaction).
+    // route + neighbour + fdb, and the node-ips sets changed (one nft transaction for
+    // each table).
     assert_eq!(s.net.writes - w, 3);
     assert!(r.nft_applied);
-    assert!(!s.nft.tables.last().unwrap().contains("192.168.50.13"));
+    assert_eq!(s.nft.tables.len(), 4);
+    assert!(
+        s.nft.tables[2..]
+            .iter()
+            .all(|t| !t.contains("192.168.50.13"))
+    );
     let after = s.net.state.clone();
     let gone: Vec<&Route> = before.routes.difference(&after.routes).collect();
     assert_eq!(gone.len(), 1);
@@ -180,4 +208,37 @@ fn drift_behind_the_agents_back_is_repaired() {
     assert_eq!(s.net.writes - w, 2);
     let plan = plan_node(&nodes()[0], &nodes(), Mode::Vxlan, 1500);
     assert!(diff(&s.net.read_state().unwrap(), &plan).is_empty());
+}
+
+#[test]
+fn tunnel_table_follows_the_underlay_link() {
+    let dir = tempfile::tempdir().unwrap();
+    // No link holds the node IP: the tunnel table cannot be hooked, and the sync says so,
+    // having programmed everything else.
+    let mut s = syncer(
+        Mode::Vxlan,
+        &dir,
+        FakeNodeNet {
+            addresses: vec![("192.168.50.99".parse().unwrap(), "eth0".into())],
+            ..Default::default()
+        },
+    );
+    let err = s.sync(&nodes()).unwrap_err().to_string();
+    assert!(
+        err.contains("tunnel") && err.contains("192.168.50.11"),
+        "{err}"
+    );
+    assert_eq!(s.nft.tables.len(), 1, "the masquerade table is in place");
+    let plan = plan_node(&nodes()[0], &nodes(), Mode::Vxlan, 1500);
+    assert!(diff(&s.net.read_state().unwrap(), &plan).is_empty());
+    // The address appears (on ens5): the next sync hooks that link.
+    s.net.addresses = vec![("192.168.50.11".parse().unwrap(), "ens5".into())];
+    s.sync(&nodes()).unwrap();
+    assert!(s.nft.tables[1].contains("hook ingress device \"ens5\""));
+    assert!(s.sync(&nodes()).unwrap().kernel_writes == 0);
+    // The node IP moves to another link: the table is replaced, bound to it.
+    s.net.addresses = vec![("192.168.50.11".parse().unwrap(), "bond0".into())];
+    let r = s.sync(&nodes()).unwrap();
+    assert_eq!(r.kernel_writes, 1);
+    assert!(s.nft.tables[2].contains("hook ingress device \"bond0\""));
 }

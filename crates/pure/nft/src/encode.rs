@@ -72,6 +72,7 @@ const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_HOOK_DEV: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
@@ -309,6 +310,7 @@ fn nfproto(f: Family) -> u8 {
         Family::Ip => 2,
         Family::Ip6 => 10,
         Family::Inet => 1,
+        Family::Netdev => 5,
     }
 }
 
@@ -461,6 +463,9 @@ fn encode_op(w: &mut Writer, fam: u8, table: &str, i: usize, op: &Op, set_id: &m
                 let n = w.nest(NFTA_CHAIN_HOOK);
                 w.be32(NFTA_HOOK_HOOKNUM, hooknum(b.hook));
                 w.be32(NFTA_HOOK_PRIORITY, b.priority as u32);
+                if let Some(d) = &b.device {
+                    w.str(NFTA_HOOK_DEV, d);
+                }
                 w.end_nest(n);
             }
             w.finish(at);
@@ -483,7 +488,13 @@ fn encode_op(w: &mut Writer, fam: u8, table: &str, i: usize, op: &Op, set_id: &m
             w.str(NFTA_RULE_CHAIN, chain);
             let n = w.nest(NFTA_RULE_EXPRESSIONS);
             let mut deps = Deps {
-                inet: fam == nfproto(Family::Inet),
+                by: if fam == nfproto(Family::Inet) {
+                    DepBy::NfProto
+                } else if fam == nfproto(Family::Netdev) {
+                    DepBy::EtherType
+                } else {
+                    DepBy::None
+                },
                 ..Deps::default()
             };
             for s in &rule.stmts {
@@ -531,6 +542,7 @@ fn hooknum(h: Hook) -> u32 {
         Hook::Forward => 2,
         Hook::Output => 3,
         Hook::Postrouting => 4,
+        Hook::Ingress => 0, // NF_NETDEV_INGRESS
     }
 }
 
@@ -922,6 +934,7 @@ const PAYLOAD_NETWORK: u32 = 1;
 const PAYLOAD_TRANSPORT: u32 = 2;
 const META_MARK: u32 = 3;
 const META_NFPROTO: u32 = 15;
+const META_PROTOCOL: u32 = 1;
 const META_IIFNAME: u32 = 6;
 const META_OIFNAME: u32 = 7;
 const META_L4PROTO: u32 = 16;
@@ -1085,20 +1098,32 @@ fn immediate_value(w: &mut Writer, dreg: u32, data: &[u8]) {
     });
 }
 
-/// The network-protocol dependencies nft adds in inet tables: before the first
-/// statement of a rule that reads an IPv4 (IPv6) header field, `meta nfproto ipv4`
-/// (`ipv6`) — otherwise the payload offsets would be read from packets of the other
-/// family. (`nft --debug=netlink`: `[ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ]`.)
+/// The network-protocol dependencies nft adds where a table sees more than one network
+/// protocol: before the first statement of a rule that reads an IPv4 (IPv6) header field,
+/// in inet tables `meta nfproto ipv4` (`ipv6`), in netdev tables `meta protocol ip`
+/// (`ip6`, the frame's EtherType) — otherwise the payload offsets would be read from
+/// packets of the other protocol. (`nft --debug=netlink`: `[ meta load nfproto => reg 1 ]
+/// [ cmp eq reg 1 0x0000000a ]`; netdev: `[ meta load protocol => reg 1 ] [ cmp eq reg 1
+/// 0x00000008 ]`.)
 #[derive(Default)]
 struct Deps {
-    inet: bool,
+    by: DepBy,
     v4: bool,
     v6: bool,
 }
 
+/// Which dependency a table's family needs (none in ip and ip6 tables).
+#[derive(Default, PartialEq)]
+enum DepBy {
+    #[default]
+    None,
+    NfProto,
+    EtherType,
+}
+
 impl Deps {
     fn before(&mut self, w: &mut Writer, s: &Stmt) {
-        if !self.inet {
+        if self.by == DepBy::None {
             return;
         }
         let exprs: &[Expr] = match s {
@@ -1115,15 +1140,24 @@ impl Deps {
         let v6 = exprs
             .iter()
             .any(|e| matches!(e, Expr::Ip6Saddr | Expr::Ip6Daddr));
-        for (need, done, proto) in [(v4, &mut self.v4, 2u8), (v6, &mut self.v6, 10u8)] {
+        let ether = self.by == DepBy::EtherType;
+        for (need, done, nfproto, ethertype) in [
+            (v4, &mut self.v4, 2u8, 0x0800u16),
+            (v6, &mut self.v6, 10u8, 0x86dd),
+        ] {
             if need && !*done {
                 *done = true;
                 let r1 = reg(0);
+                let key = if ether { META_PROTOCOL } else { META_NFPROTO };
                 expr(w, "meta", |w| {
-                    w.be32(2, META_NFPROTO); // NFTA_META_KEY
+                    w.be32(2, key); // NFTA_META_KEY
                     w.be32(1, r1); // NFTA_META_DREG
                 });
-                cmp(w, r1, CmpOp::Eq, &[proto]);
+                if ether {
+                    cmp(w, r1, CmpOp::Eq, &ethertype.to_be_bytes());
+                } else {
+                    cmp(w, r1, CmpOp::Eq, &[nfproto]);
+                }
             }
         }
     }
@@ -1315,7 +1349,14 @@ fn validate_op(family: Family, i: usize, op: &Op) -> Result<(), EncodeError> {
     let bad = |op: usize, what: String| Err(EncodeError::Invalid { op, what });
     match op {
         Op::AddTable | Op::DeleteTable => {}
-        Op::AddChain(c) => name(i, &c.name)?,
+        Op::AddChain(c) => {
+            name(i, &c.name)?;
+            if let Some(b) = &c.base
+                && let Err(what) = check_base(family, b)
+            {
+                return bad(i, format!("chain {}: {what}", c.name));
+            }
+        }
         Op::FlushChain(c) | Op::DeleteChain(c) => name(i, c)?,
         Op::FlushSet(s) | Op::FlushMap(s) | Op::DeleteSet(s) => name(i, s)?,
         Op::AddRule { chain, rule } => {
@@ -1352,13 +1393,13 @@ fn validate_op(family: Family, i: usize, op: &Op) -> Result<(), EncodeError> {
     Ok(())
 }
 
-/// IPv4 header fields only in ip/inet tables, IPv6 ones only in ip6/inet tables; the
-/// same for NAT addresses.
+/// IPv4 header fields only in ip/inet/netdev tables, IPv6 ones only in ip6/inet/netdev
+/// tables; the same for NAT addresses, and no NAT at all in netdev tables.
 fn check_family(family: Family, rule: &Rule) -> Result<(), String> {
     let (v4_ok, v6_ok) = match family {
         Family::Ip => (true, false),
         Family::Ip6 => (false, true),
-        Family::Inet => (true, true),
+        Family::Inet | Family::Netdev => (true, true),
     };
     for s in &rule.stmts {
         let (exprs, nat_v4, nat_v6): (&[Expr], bool, bool) = match s {
@@ -1380,11 +1421,43 @@ fn check_family(family: Family, rule: &Rule) -> Result<(), String> {
             || exprs
                 .iter()
                 .any(|e| matches!(e, Expr::Ip6Saddr | Expr::Ip6Daddr));
-        if (v4 && !v4_ok) || (v6 && !v6_ok) {
+        let nat_here = family == Family::Netdev
+            && matches!(
+                s,
+                Stmt::Dnat { .. } | Stmt::DnatMap { .. } | Stmt::Masquerade { .. }
+            );
+        if (v4 && !v4_ok) || (v6 && !v6_ok) || nat_here {
             return Err(format!("{s:?} does not fit a {family:?} table"));
         }
     }
     Ok(())
+}
+
+/// A netdev table's base chains hook `ingress` on one device, of type filter; the other
+/// families' chains hook the five IP hooks, without a device.
+fn check_base(family: Family, b: &BaseChain) -> Result<(), String> {
+    let netdev = family == Family::Netdev;
+    if netdev != (b.hook == Hook::Ingress) {
+        return Err(format!("hook {:?} does not fit a {family:?} table", b.hook));
+    }
+    if netdev && b.kind != ChainKind::Filter {
+        return Err("a netdev chain is of type filter".into());
+    }
+    match &b.device {
+        None if netdev => Err("an ingress chain needs a device".into()),
+        Some(_) if !netdev => Err("only ingress chains take a device".into()),
+        Some(d)
+            if d.is_empty()
+                || d.len() > 15
+                || d.contains(['"', '/', '\0'])
+                || d.contains(char::is_whitespace) =>
+        {
+            Err(format!(
+                "device {d:?}: 1 to 15 bytes, no '\"', '/' or whitespace"
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn comment_ok(c: &str) -> bool {

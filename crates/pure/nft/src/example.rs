@@ -60,12 +60,14 @@ pub fn base_table(name: &str) -> Table {
         hook,
         priority,
         policy: Policy::Accept,
+        device: None,
     };
     let filter = |hook, priority, policy| BaseChain {
         kind: ChainKind::Filter,
         hook,
         priority,
         policy,
+        device: None,
     };
     let mut t = Table::new(Family::Ip, name);
     let mut service_ips = Set::map(

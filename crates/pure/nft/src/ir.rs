@@ -14,6 +14,9 @@ pub enum Family {
     Ip,
     Ip6,
     Inet,
+    /// Bound to one device's ingress: sees packets as the driver hands them over, before
+    /// the IP stack (and conntrack) does.
+    Netdev,
 }
 
 /// A base chain's type.
@@ -23,7 +26,8 @@ pub enum ChainKind {
     Nat,
 }
 
-/// Netfilter hooks of the ip/ip6/inet families.
+/// Netfilter hooks: the five of the ip/ip6/inet families, and the netdev family's
+/// `ingress` (its device is [`BaseChain::device`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hook {
     Prerouting,
@@ -31,6 +35,7 @@ pub enum Hook {
     Forward,
     Output,
     Postrouting,
+    Ingress,
 }
 
 /// What a base chain does with packets no rule decided on.
@@ -41,13 +46,15 @@ pub enum Policy {
 }
 
 /// What makes a chain a base chain: attached to a hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BaseChain {
     pub kind: ChainKind,
     pub hook: Hook,
     /// As nft's numeric priority (`dstnat` = -100, `srcnat` = 100, `raw` = -300, …).
     pub priority: i32,
     pub policy: Policy,
+    /// The device of a netdev `ingress` chain (required there, refused elsewhere).
+    pub device: Option<String>,
 }
 
 /// A chain: a regular one (`base: None`, reached by jump/goto) or a base chain.
@@ -492,6 +499,15 @@ impl Transaction {
         tx.ops.push(Op::AddTable);
         tx.ops.push(Op::DeleteTable);
         tx.ops.extend(table.ops());
+        tx
+    }
+
+    /// Removes table `name` of `family` whether or not it exists (`add table` makes sure
+    /// there is one to delete; the two are one atomic transaction).
+    pub fn remove_table(family: Family, name: impl Into<String>) -> Transaction {
+        let mut tx = Transaction::new(family, name);
+        tx.ops.push(Op::AddTable);
+        tx.ops.push(Op::DeleteTable);
         tx
     }
 

@@ -38,4 +38,4 @@ mod types;
 pub use diff::diff_tables;
 pub use encode::{Batch, BatchEncoder, EncodeError, encode_transaction, validate};
 pub use ir::*;
-pub use render::{render_op, render_rule, render_table, render_transaction};
+pub use render::{family_name, render_op, render_rule, render_table, render_transaction};

@@ -7,12 +7,13 @@ use crate::types::type_info;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// `ip`, `ip6`, `inet`.
+/// `ip`, `ip6`, `inet`, `netdev`.
 pub fn family_name(f: Family) -> &'static str {
     match f {
         Family::Ip => "ip",
         Family::Ip6 => "ip6",
         Family::Inet => "inet",
+        Family::Netdev => "netdev",
     }
 }
 
@@ -115,13 +116,18 @@ fn render_base(b: &BaseChain) -> String {
         Hook::Forward => "forward",
         Hook::Output => "output",
         Hook::Postrouting => "postrouting",
+        Hook::Ingress => "ingress",
     };
     let policy = match b.policy {
         Policy::Accept => "accept",
         Policy::Drop => "drop",
     };
+    let device = match &b.device {
+        Some(d) => format!(" device \"{d}\""),
+        None => String::new(),
+    };
     format!(
-        "type {kind} hook {hook} priority {}; policy {policy};",
+        "type {kind} hook {hook}{device} priority {}; policy {policy};",
         b.priority
     )
 }

@@ -32,6 +32,7 @@ fn fixture_tx() -> Transaction {
         hook,
         priority,
         policy: Policy::Accept,
+        device: None,
     };
     tx.push(Op::AddTable)
         .push(Op::AddSet(Set::map(
@@ -138,6 +139,7 @@ fn fixture_tx() -> Transaction {
                 hook: Hook::Input,
                 priority: 0,
                 policy: Policy::Drop,
+                device: None,
             },
         )))
         .push(rule(
@@ -218,6 +220,7 @@ fn fixture_tx() -> Transaction {
                 hook: Hook::Prerouting,
                 priority: -300,
                 policy: Policy::Accept,
+                device: None,
             },
         )))
         .push(rule("raw", vec![Stmt::NoTrack]))
@@ -424,6 +427,57 @@ fn invalid_ir_is_refused_with_the_op_index() {
     assert!(is_valid_name("svc-1.tcp/a_b"));
     assert!(!is_valid_name(&"a".repeat(256)));
     assert!(is_valid_name(&"a".repeat(255)));
+}
+
+/// Hooks and families must fit: `ingress` only in netdev tables and with a device, the
+/// IP hooks only elsewhere and without one; no NAT in a netdev table.
+#[test]
+fn base_chains_fit_their_family() {
+    let chain = |hook, device: Option<&str>| {
+        Op::AddChain(Chain::base(
+            "c",
+            BaseChain {
+                kind: ChainKind::Filter,
+                hook,
+                priority: 0,
+                policy: Policy::Accept,
+                device: device.map(str::to_string),
+            },
+        ))
+    };
+    let refused = |family, op: Op| {
+        let mut tx = Transaction::new(family, "t");
+        tx.push(Op::AddTable);
+        tx.push(op);
+        matches!(
+            encode_transaction(&tx, 0),
+            Err(EncodeError::Invalid { op: 1, .. })
+        )
+    };
+    assert!(!refused(Family::Netdev, chain(Hook::Ingress, Some("eth0"))));
+    assert!(refused(Family::Netdev, chain(Hook::Ingress, None)));
+    assert!(refused(
+        Family::Netdev,
+        chain(Hook::Prerouting, Some("eth0"))
+    ));
+    assert!(refused(Family::Ip, chain(Hook::Ingress, Some("eth0"))));
+    assert!(refused(Family::Ip, chain(Hook::Output, Some("eth0"))));
+    assert!(refused(
+        Family::Netdev,
+        chain(Hook::Ingress, Some("a name"))
+    ));
+    assert!(refused(
+        Family::Netdev,
+        chain(Hook::Ingress, Some("sixteen-bytes-xx"))
+    ));
+    let masquerade = Op::AddRule {
+        chain: "c".into(),
+        rule: Rule::new(vec![Stmt::Masquerade {
+            fully_random: false,
+        }]),
+    };
+    assert!(refused(Family::Netdev, masquerade.clone()));
+    assert!(!refused(Family::Ip, masquerade));
 }
 
 /// The encoder fed op by op writes the batch `encode_transaction` writes, and checks

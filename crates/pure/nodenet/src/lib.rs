@@ -20,7 +20,10 @@ mod masquerade;
 mod plan;
 
 pub use conflist::render_cni_conflist;
-pub use masquerade::{MASQUERADE_TABLE, NO_MASQUERADE_SET, NODE_IPS_SET, render_masquerade};
+pub use masquerade::{
+    MASQUERADE_TABLE, NO_MASQUERADE_SET, NODE_IPS_SET, TUNNEL_TABLE, render_masquerade,
+    render_tunnel,
+};
 pub use plan::{
     Changes, Fdb, KernelState, Neigh, NodeInfo, NodePlan, Route, VxlanDevice, VxlanPlan,
     VxlanState, diff, plan_node,

@@ -22,12 +22,17 @@
 //!   first (nft refuses overlapping interval elements). Without exceptions neither the
 //!   set nor the clause exists: no per-packet cost for a feature not in use.
 //!
-//! - VXLAN mode only: chains `tunnel-prerouting` / `tunnel-output` (type filter, priority
-//!   raw) mark the overlay's outer packets — UDP to port 4789 between node IPs — `notrack`.
-//!   Any nat or ct rule in a namespace switches conntrack on for all its traffic; the outer
-//!   packets need no NAT and no state, and tracking them cost measurable throughput
-//!   (scripts/bench-dataplane, 2026-11-30: VXLAN 0.89x → 0.93x of plain plumbing in a
-//!   4-round run). The inner packets are still tracked (Services, masquerade need it).
+//! - VXLAN mode only: the overlay's outer packets — UDP to port 4789 between node IPs —
+//!   are not tracked. Any nat or ct rule in a namespace switches conntrack on for all its
+//!   traffic; the outer packets need no NAT and no state, and tracking them cost
+//!   measurable throughput (scripts/bench-dataplane, 2026-11-30: VXLAN 0.89x → 0.93x of
+//!   plain plumbing in a 4-round run). The inner packets are still tracked (Services,
+//!   masquerade need it). Sent packets: chain `tunnel-output` here (type filter, hook
+//!   output, priority raw), which sees only what the node itself sends. Received
+//!   packets: not a prerouting chain, which every packet the node receives or forwards
+//!   would walk (the pods' own traffic included, inner packets twice), but the netdev
+//!   table `podnet-tunnel` ([`render_tunnel`]), whose one chain hooks `ingress` of the
+//!   underlay link alone — before the IP stack, so conntrack finds them marked.
 //!
 //! flannel's equivalent is several iptables rules in shared chains (`FLANNEL-POSTRTG`),
 //! re-checked one by one, and it leaves its tunnel traffic tracked; here the whole table
@@ -47,6 +52,8 @@ pub const MASQUERADE_TABLE: &str = "podnet-nat";
 pub const NODE_IPS_SET: &str = "node-ips";
 /// The named interval set of masquerade exceptions in it (only with exceptions).
 pub const NO_MASQUERADE_SET: &str = "no-masquerade";
+/// The netdev table of VXLAN mode (its chain hooks the underlay link's ingress).
+pub const TUNNEL_TABLE: &str = "podnet-tunnel";
 
 /// nft's `srcnat` and `raw` priorities.
 const PRIORITY_SRCNAT: i32 = 100;
@@ -67,7 +74,7 @@ const PRIORITY_RAW: i32 = -300;
 ///     }
 /// }
 /// ```
-/// In VXLAN mode the two `tunnel-*` chains follow `postrouting` (see the module doc).
+/// In VXLAN mode chain `tunnel-output` follows `postrouting` (see the module doc).
 /// With `exceptions`, the interval set `no-masquerade` holds them (aggregated) and the
 /// rule gains `ip daddr != @no-masquerade`.
 /// Node IPs are sorted and deduplicated, so equal inputs give equal tables.
@@ -79,17 +86,9 @@ pub fn render_masquerade(
 ) -> Table {
     let cidr = cluster_cidr.trunc();
     let cidr = Value::Ipv4Prefix(cidr.network(), cidr.prefix_len());
-    let mut ips: Vec<Ipv4Addr> = node_ips.to_vec();
-    ips.sort();
-    ips.dedup();
     let exceptions = Ipv4Net::aggregate(&exceptions.to_vec());
     let mut t = Table::new(Family::Ip, MASQUERADE_TABLE);
-    t.sets.push((
-        Set::new(NODE_IPS_SET, vec![Type::Ipv4Addr]),
-        ips.into_iter()
-            .map(|ip| Element::key(vec![Value::Ipv4(ip)]))
-            .collect(),
-    ));
+    t.sets.push(node_ips_set(node_ips));
     let in_set = |set: &str, key: Expr, negate: bool| Stmt::InSet {
         keys: vec![key],
         set: set.to_string(),
@@ -131,6 +130,7 @@ pub fn render_masquerade(
         hook,
         priority,
         policy: Policy::Accept,
+        device: None,
     };
     t.chains.push((
         Chain::base(
@@ -140,32 +140,91 @@ pub fn render_masquerade(
         vec![Rule::new(rule)],
     ));
     if mode == Mode::Vxlan {
-        for (chain, hook) in [
-            ("tunnel-prerouting", Hook::Prerouting),
-            ("tunnel-output", Hook::Output),
-        ] {
-            // Every packet of the node passes here, the inner ones included: the two
-            // compares reject nearly all of them before the set lookups.
-            let notrack = Rule::new(vec![
-                Stmt::Match {
-                    expr: Expr::MetaL4Proto,
-                    op: CmpOp::Eq,
-                    value: Value::UDP,
-                },
-                Stmt::Match {
-                    expr: Expr::ThDport,
-                    op: CmpOp::Eq,
-                    value: Value::Port(VXLAN_PORT),
-                },
-                in_set(NODE_IPS_SET, Expr::IpSaddr, false),
-                in_set(NODE_IPS_SET, Expr::IpDaddr, false),
-                Stmt::NoTrack,
-            ]);
-            t.chains.push((
-                Chain::base(chain, base(ChainKind::Filter, hook, PRIORITY_RAW)),
-                vec![notrack],
-            ));
-        }
+        // Every packet the node sends passes here: the two compares reject nearly all of
+        // them before the set lookups.
+        t.chains.push((
+            Chain::base(
+                "tunnel-output",
+                base(ChainKind::Filter, Hook::Output, PRIORITY_RAW),
+            ),
+            vec![untrack_tunnel()],
+        ));
     }
     t
+}
+
+/// The VXLAN mode's netdev table `podnet-tunnel`, bound to the underlay link `underlay`
+/// (the link holding the node IP); the agent applies it with `Transaction::replace_table`.
+///
+/// ```text
+/// table netdev podnet-tunnel {
+///     set node-ips {
+///         type ipv4_addr
+///         elements = { 192.168.50.11, 192.168.50.12 }
+///     }
+///     chain underlay-ingress {
+///         type filter hook ingress device "eth0" priority -300; policy accept;
+///         meta l4proto udp th dport 4789 ip saddr @node-ips ip daddr @node-ips notrack
+///     }
+/// }
+/// ```
+/// The chain sees only what arrives on the underlay: the outer packets and node-to-node
+/// traffic, never the pods' packets on the bridge or the inner packets the VXLAN device
+/// hands up. (A netdev chain is bound to its device: were the underlay link replaced,
+/// the kernel unhooks the chain with the old one; the agent re-reads the link name at
+/// every sync and replaces the table when it changed.)
+pub fn render_tunnel(node_ips: &[Ipv4Addr], underlay: &str) -> Table {
+    let mut t = Table::new(Family::Netdev, TUNNEL_TABLE);
+    t.sets.push(node_ips_set(node_ips));
+    t.chains.push((
+        Chain::base(
+            "underlay-ingress",
+            BaseChain {
+                kind: ChainKind::Filter,
+                hook: Hook::Ingress,
+                priority: PRIORITY_RAW,
+                policy: Policy::Accept,
+                device: Some(underlay.to_string()),
+            },
+        ),
+        vec![untrack_tunnel()],
+    ));
+    t
+}
+
+/// Set `node-ips`: `node_ips` sorted and deduplicated.
+fn node_ips_set(node_ips: &[Ipv4Addr]) -> (Set, Vec<Element>) {
+    let mut ips: Vec<Ipv4Addr> = node_ips.to_vec();
+    ips.sort();
+    ips.dedup();
+    (
+        Set::new(NODE_IPS_SET, vec![Type::Ipv4Addr]),
+        ips.into_iter()
+            .map(|ip| Element::key(vec![Value::Ipv4(ip)]))
+            .collect(),
+    )
+}
+
+/// `meta l4proto udp th dport 4789 ip saddr @node-ips ip daddr @node-ips notrack`.
+fn untrack_tunnel() -> Rule {
+    let in_nodes = |key| Stmt::InSet {
+        keys: vec![key],
+        set: NODE_IPS_SET.to_string(),
+        negate: false,
+    };
+    Rule::new(vec![
+        Stmt::Match {
+            expr: Expr::MetaL4Proto,
+            op: CmpOp::Eq,
+            value: Value::UDP,
+        },
+        Stmt::Match {
+            expr: Expr::ThDport,
+            op: CmpOp::Eq,
+            value: Value::Port(VXLAN_PORT),
+        },
+        in_nodes(Expr::IpSaddr),
+        in_nodes(Expr::IpDaddr),
+        Stmt::NoTrack,
+    ])
 }

@@ -4,6 +4,7 @@
 use ipnet::Ipv4Net;
 use podnet_nodenet::{
     KernelState, Mode, NodeInfo, diff, plan_node, render_cni_conflist, render_masquerade,
+    render_tunnel,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -148,6 +149,11 @@ fn masquerade_ruleset() {
     golden(
         "masquerade-vxlan.nft",
         &podnet_nft::render_table(&render_masquerade(cidr, &[], &ips, Mode::Vxlan)),
+    );
+    // VXLAN mode's netdev table on the underlay link: node IPs sorted and deduplicated.
+    golden(
+        "tunnel-vxlan.nft",
+        &podnet_nft::render_table(&render_tunnel(&ips, "eth0")),
     );
     // Exceptions: overlapping and adjacent ranges are aggregated (nft refuses
     // overlapping interval elements), host bits dropped.

@@ -244,6 +244,7 @@ pub(crate) fn base_chains() -> [(Chain, Vec<Rule>); 2] {
         hook,
         priority: 0,
         policy: Policy::Accept,
+        device: None,
     };
     let established = || {
         Rule::new(vec![

@@ -402,6 +402,7 @@ pub fn filter_hook_chains() -> [(Chain, Vec<Rule>); 2] {
         hook,
         priority: -110,
         policy: Policy::Accept,
+        device: None,
     };
     [
         (
@@ -426,6 +427,7 @@ pub fn render_base(config: &ProxyConfig, no_endpoint_frontends: bool) -> Table {
                 hook,
                 priority,
                 policy: Policy::Accept,
+                device: None,
             },
         )
     };
