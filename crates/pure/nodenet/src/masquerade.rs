@@ -172,7 +172,9 @@ pub fn render_masquerade(
 /// traffic, never the pods' packets on the bridge or the inner packets the VXLAN device
 /// hands up. (A netdev chain is bound to its device: were the underlay link replaced,
 /// the kernel unhooks the chain with the old one; the agent re-reads the link name at
-/// every sync and replaces the table when it changed.)
+/// every sync and replaces the table when it changed. On a multi-homed node, outer
+/// packets that arrive on another link than the node IP's stay tracked: slower, still
+/// correct.)
 pub fn render_tunnel(node_ips: &[Ipv4Addr], underlay: &str) -> Table {
     let mut t = Table::new(Family::Netdev, TUNNEL_TABLE);
     t.sets.push(node_ips_set(node_ips));
