@@ -161,9 +161,7 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
             Err(anyhow!(failures.join("; ")))
         }
     }
-}
 
-impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
     /// VXLAN mode: table `podnet-tunnel` on the link that holds the node IP, replaced
     /// when it (or the node IPs) changed. host-gw mode: the table removed (once), should a
     /// VXLAN-mode run have left it.
