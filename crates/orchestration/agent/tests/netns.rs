@@ -298,6 +298,9 @@ fn pods_talk_across_nodes_in_both_modes_and_modes_switch_in_place() {
                 "10.244.2.0/24 via 192.168.77.2 dev eth0",
                 "{routes}"
             );
+            // No tunnel, no tunnel table (also after the VXLAN round before).
+            let tables = in_ns_output(&c.n1, &["nft", "list", "tables"]);
+            assert!(!tables.contains("podnet-tunnel"), "{tables}");
             let links = in_ns_output(&c.n1, &["ip", "link"]);
             assert!(
                 !links.contains("podnet.vxlan"),
@@ -331,8 +334,18 @@ fn node_leaving_removes_its_kernel_entries() {
     });
     sync_node(&c, &c.n1, "n1", Mode::Vxlan, three);
     let writes = sync_node(&c, &c.n1, "n1", Mode::Vxlan, nodes());
-    // route + neighbour + FDB of n3, plus this Syncer's first nft apply.
-    assert_eq!(writes, 3 + 1);
+    // route + neighbour + FDB of n3, plus this Syncer's first apply of its two nft tables
+    // (masquerade, tunnel).
+    assert_eq!(writes, 3 + 2);
+    // The received tunnel packets' notrack hooks the link holding the node IP, and n3 is
+    // out of its node set.
+    let tunnel = in_ns_output(&c.n1, &["nft", "list", "table", "netdev", "podnet-tunnel"]);
+    assert!(
+        tunnel.contains("hook ingress device \"eth0\"")
+            && tunnel.contains("192.168.77.2")
+            && !tunnel.contains("192.168.77.3"),
+        "{tunnel}"
+    );
     let fdb = in_ns_output(&c.n1, &["bridge", "fdb", "show", "dev", "podnet.vxlan"]);
     assert!(
         !fdb.contains("192.168.77.3") && fdb.contains("192.168.77.2"),
