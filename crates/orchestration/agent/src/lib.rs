@@ -25,6 +25,7 @@
 //! transaction, and a no-op sync writes nothing at all.
 
 pub mod claim;
+pub mod fastpath;
 pub mod health;
 pub mod metrics;
 pub mod ops;
@@ -85,6 +86,9 @@ pub struct Config {
     /// How long the node must lack `spec.podCIDR` before the agent claims a subnet
     /// ([`CLAIM_GRACE`] by default).
     pub claim_grace: Duration,
+    /// Pod-to-pod packets between nodes skip the IP stack where nothing needs it
+    /// ([`fastpath`]); false leaves every packet to the full path.
+    pub fast_path: bool,
 }
 
 /// The default of `Config::node_cidr_mask` (kube-controller-manager's
@@ -155,6 +159,9 @@ fn in_grace(
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How soon a failed sync is retried (capped by `Config::resync`).
 pub const RETRY: Duration = Duration::from_secs(2);
+/// How often the kernel thread re-reads the links for the fast path between syncs (a new
+/// pod's veth is on the fast path within this).
+pub const LINK_POLL: Duration = Duration::from_secs(1);
 
 /// The longest one claim pass (`ensure_preferring` or `release_all`: its lists, its
 /// writes and retries together) may hold up the node sync loop. A black-holed API server (packets dropped, no reset) would
@@ -181,30 +188,55 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
             .with_context(|| format!("bind metrics address {}", config.metrics_addr))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    // Opened here, before the namespace handle moves to the kernel thread. A previous
+    // run's table goes first: its inputs are stale (see `fastpath`).
+    let fast_path = if config.fast_path {
+        let mut kernel = fastpath::LinuxFastPath::open_in(&ns)?;
+        kernel
+            .remove_table()
+            .context("remove the previous run's fast path")?;
+        Some(
+            fastpath::FastPath::new(
+                Box::new(kernel),
+                config.proxy_services,
+                config.enforce_policy,
+            )
+            .shared(),
+        )
+    } else {
+        let mut kernel = fastpath::LinuxFastPath::open_in(&ns)?;
+        kernel
+            .remove_table()
+            .context("remove a fast path table left by a run with it on")?;
+        None
+    };
     let syncer = if config.proxy_services {
         // Opened here, before the namespace handle moves to the kernel thread.
         let kernel = services::LinuxTransactions::open_in(&ns)?;
-        Some(Arc::new(std::sync::Mutex::new(
-            services::ServiceSyncer::new(
-                services::ServicesConfig {
-                    node_name: config.node_name.clone(),
-                    cluster_cidr: config.cluster_cidr,
-                    service_cidr: config.service_cidr,
-                    node_port_range: config.node_port_range.clone(),
-                },
-                kernel,
-            ),
-        )))
+        let mut s = services::ServiceSyncer::new(
+            services::ServicesConfig {
+                node_name: config.node_name.clone(),
+                cluster_cidr: config.cluster_cidr,
+                service_cidr: config.service_cidr,
+                node_port_range: config.node_port_range.clone(),
+            },
+            kernel,
+        );
+        if let Some(fp) = &fast_path {
+            s = s.with_fast_path(fp.clone());
+        }
+        Some(Arc::new(std::sync::Mutex::new(s)))
     } else {
         None
     };
     let policy_syncer = if config.enforce_policy {
         let kernel = podnet_netlink::nftables::Nftables::open_in(std::os::fd::AsFd::as_fd(&ns))
             .context("open nf_tables socket for policy")?;
-        Some(Arc::new(std::sync::Mutex::new(policy::PolicySyncer::new(
-            config.node_name.clone(),
-            kernel,
-        ))))
+        let mut s = policy::PolicySyncer::new(config.node_name.clone(), kernel);
+        if let Some(fp) = &fast_path {
+            s = s.with_fast_path(fp.clone());
+        }
+        Some(Arc::new(std::sync::Mutex::new(s)))
     } else {
         None
     };
@@ -213,7 +245,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
         metrics::router(metrics.clone(), syncer.clone().map(services::dump)),
     );
 
-    let kernel = spawn_kernel_thread(&config, ns)?;
+    let kernel = spawn_kernel_thread(&config, ns, fast_path)?;
 
     let services_client = client.clone();
     let policy_client = client.clone();
@@ -396,6 +428,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
 fn spawn_kernel_thread(
     config: &Config,
     ns: std::os::fd::OwnedFd,
+    fast_path: Option<fastpath::Shared>,
 ) -> Result<std::sync::mpsc::Sender<SyncRequest>> {
     let sync_config = SyncConfig {
         node_name: config.node_name.clone(),
@@ -427,8 +460,25 @@ fn spawn_kernel_thread(
             };
             let _ = ready_tx.send(Ok(()));
             let mut syncer = Syncer::new(sync_config, net, LinuxNft);
-            while let Ok((nodes, reply)) = rx.recv() {
-                let _ = reply.send(syncer.sync(&nodes));
+            if let Some(fp) = fast_path {
+                syncer = syncer.with_fast_path(fp);
+            }
+            // The last fast path refresh error, logged once until it changes.
+            let mut last_error: Option<String> = None;
+            loop {
+                match rx.recv_timeout(LINK_POLL) {
+                    Ok((nodes, reply)) => {
+                        let _ = reply.send(syncer.sync(&nodes));
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        let error = syncer.refresh_fast_path().err().map(|e| format!("{e:#}"));
+                        if error.is_some() && error != last_error {
+                            tracing::warn!(error = error.as_deref(), "fast path refresh failed");
+                        }
+                        last_error = error;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
             }
         })
         .context("spawn kernel thread")?;

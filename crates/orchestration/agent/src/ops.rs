@@ -29,6 +29,17 @@ pub trait NodeNetOps {
     fn ensure_forwarding(&mut self) -> Result<()>;
     /// The name of the link that holds address `ip` (the node IP's: the underlay), if any.
     fn link_with_address(&mut self, ip: Ipv4Addr) -> Result<Option<String>>;
+    /// Every link of the node (one dump): what the fast path hooks and sends to.
+    fn links(&mut self) -> Result<Vec<LinkInfo>>;
+}
+
+/// What the agent reads of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub name: String,
+    pub index: u32,
+    /// The bridge it is a port of.
+    pub master: Option<u32>,
 }
 
 /// The node's nftables tables.
@@ -296,6 +307,19 @@ impl NodeNetOps for LinuxNodeNet {
         };
         Ok(self.nl.link_by_index(a.index)?.map(|l| l.name))
     }
+
+    fn links(&mut self) -> Result<Vec<LinkInfo>> {
+        Ok(self
+            .nl
+            .links()?
+            .into_iter()
+            .map(|l| LinkInfo {
+                name: l.name,
+                index: l.index,
+                master: l.master,
+            })
+            .collect())
+    }
 }
 
 /// [`NftOps`] over nf_tables netlink, in the calling thread's network namespace (a socket
@@ -330,6 +354,8 @@ pub struct FakeNodeNet {
     /// The links' addresses ([`NodeNetOps::link_with_address`]); none holds the node IP
     /// unless a test puts it here.
     pub addresses: Vec<(Ipv4Addr, String)>,
+    /// The links ([`NodeNetOps::links`]).
+    pub links: Vec<LinkInfo>,
 }
 
 impl NodeNetOps for FakeNodeNet {
@@ -421,6 +447,10 @@ impl NodeNetOps for FakeNodeNet {
             .iter()
             .find(|(a, _)| *a == ip)
             .map(|(_, l)| l.clone()))
+    }
+
+    fn links(&mut self) -> Result<Vec<LinkInfo>> {
+        Ok(self.links.clone())
     }
 }
 

@@ -58,6 +58,8 @@ pub struct PolicyReport {
 pub struct PolicySyncer<T> {
     planner: Planner,
     kernel: T,
+    /// Told the isolated pods before the policy table changes.
+    fast_path: Option<crate::fastpath::Shared>,
 }
 
 impl<T: PolicyOps> PolicySyncer<T> {
@@ -65,7 +67,14 @@ impl<T: PolicyOps> PolicySyncer<T> {
         PolicySyncer {
             planner: Planner::new(node_name),
             kernel,
+            fast_path: None,
         }
+    }
+
+    /// Reports isolated pods to the fast path (see [`crate::fastpath`]) from now on.
+    pub fn with_fast_path(mut self, fast_path: crate::fastpath::Shared) -> Self {
+        self.fast_path = Some(fast_path);
+        self
     }
 
     /// Takes a whole snapshot (what is not in it is deleted) and sends the difference to
@@ -89,6 +98,13 @@ impl<T: PolicyOps> PolicySyncer<T> {
 
     fn sync_planned(&mut self) -> Result<PolicyReport> {
         let plan = self.planner.sync();
+        if let Some(fp) = &self.fast_path {
+            // Before the transaction: an isolated pod's packets must meet the policy table.
+            if let Err(e) = lock(fp).isolated(&self.planner.isolated_pods()) {
+                self.planner.failed();
+                return Err(e.context("fast path refused the isolated pods; policies wait"));
+            }
+        }
         let ops = plan.transaction.len();
         if ops > 0
             && let Err(e) = self.kernel.apply(&plan.transaction)

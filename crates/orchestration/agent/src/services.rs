@@ -151,6 +151,8 @@ pub struct ServiceSyncer<T> {
     planner: Planner,
     proxy: Proxy,
     kernel: T,
+    /// Told every endpoint address before the Services table may DNAT to it.
+    fast_path: Option<crate::fastpath::Shared>,
 }
 
 impl<T: TransactionOps> ServiceSyncer<T> {
@@ -168,7 +170,15 @@ impl<T: TransactionOps> ServiceSyncer<T> {
             planner,
             proxy,
             kernel,
+            fast_path: None,
         }
+    }
+
+    /// Reports endpoint addresses to the fast path (see [`crate::fastpath`]) from now on.
+    pub fn with_fast_path(mut self, fast_path: crate::fastpath::Shared) -> Self {
+        self.proxy.track_endpoints();
+        self.fast_path = Some(fast_path);
+        self
     }
 
     /// The node the proxy plans for (what [`Changes`] needs to read slices).
@@ -212,6 +222,14 @@ impl<T: TransactionOps> ServiceSyncer<T> {
         } = self.proxy.sync_services_deferred(self.planner.plan());
         let mut problems = self.planner.problems();
         problems.extend(refused);
+        if let Some(fp) = &self.fast_path {
+            // Before the transaction: replies from a new endpoint must meet conntrack.
+            let changes = self.proxy.take_endpoint_changes();
+            if let Err(e) = lock(fp).services(changes) {
+                self.proxy.failed();
+                return Err(e.context("fast path refused the endpoints; the Services wait"));
+            }
+        }
         let sent = if full {
             self.kernel
                 .apply_parts(FAMILY, TABLE, &mut self.proxy.replace_parts())

@@ -13,9 +13,10 @@ use anyhow::{Context, Result, anyhow};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use podnet_nodenet::{
-    Mode, NodeInfo, TUNNEL_TABLE, diff, plan_node, render_cni_conflist, render_masquerade,
-    render_tunnel,
+    Mode, NodeInfo, POD_BRIDGE, TUNNEL_TABLE, VXLAN_DEVICE, diff, plan_node, render_cni_conflist,
+    render_masquerade, render_tunnel,
 };
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -57,7 +58,25 @@ pub struct Syncer<N, F> {
     /// absent (host-gw mode), `None` before the first sync.
     last_tunnel: Option<Option<podnet_nft::Table>>,
     forwarding: bool,
+    /// The pod-to-pod fast path this syncer feeds its part of ([`Syncer::with_fast_path`]).
+    fast_path: Option<crate::fastpath::Shared>,
+    /// What the last sync learned for it: pod CIDR, next hops, the peer-facing device.
+    fast_inputs: Option<FastInputs>,
+    /// When lingering former endpoints were last checked against conntrack.
+    lingering_checked: Option<std::time::Instant>,
 }
+
+/// The node sync's part of the fast path's inputs (the devices' indexes are read at each
+/// [`Syncer::refresh_fast_path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FastInputs {
+    pod_cidr: Ipv4Net,
+    next_hops: Vec<(Ipv4Net, Ipv4Addr)>,
+    peer_device: String,
+}
+
+/// How often lingering former endpoints are checked against conntrack.
+const LINGER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The node's own IPv4 pod CIDR from its spec (`spec.podCIDR`, else the first IPv4 of
 /// `spec.podCIDRs`), when the control plane allocated one.
@@ -95,7 +114,62 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
             last_nft: None,
             last_tunnel: None,
             forwarding: false,
+            fast_path: None,
+            fast_inputs: None,
+            lingering_checked: None,
         }
+    }
+
+    /// Feeds the fast path (see [`crate::fastpath`]) from now on.
+    pub fn with_fast_path(mut self, fast_path: crate::fastpath::Shared) -> Self {
+        self.fast_path = Some(fast_path);
+        self
+    }
+
+    /// Re-reads the devices and the local pods' veths and gives the fast path its
+    /// topology (after every sync, and every [`crate::LINK_POLL`] between them); checks
+    /// lingering former endpoints every [`LINGER_CHECK`].
+    pub fn refresh_fast_path(&mut self) -> Result<()> {
+        let Some(fp) = self.fast_path.clone() else {
+            return Ok(());
+        };
+        let links = self.net.links().context("list links")?;
+        let topology = self.fast_inputs.as_ref().and_then(|inputs| {
+            let device = |name: &str| {
+                links
+                    .iter()
+                    .find(|l| l.name == name)
+                    .map(|l| podnet_nft::Device {
+                        name: l.name.clone(),
+                        index: l.index,
+                    })
+            };
+            Some(crate::fastpath::Topology {
+                pod_cidr: inputs.pod_cidr,
+                bridge: device(POD_BRIDGE)?,
+                peer_device: device(&inputs.peer_device)?,
+                next_hops: inputs.next_hops.clone(),
+            })
+        });
+        let pod_links = match &topology {
+            Some(t) => links
+                .iter()
+                .filter(|l| l.master == Some(t.bridge.index))
+                .map(|l| l.name.clone())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let mut fp = crate::pending::lock(&fp);
+        fp.set_topology(topology, pod_links)?;
+        fp.retry()?;
+        if self
+            .lingering_checked
+            .is_none_or(|t| t.elapsed() >= LINGER_CHECK)
+        {
+            self.lingering_checked = Some(std::time::Instant::now());
+            fp.release_lingering()?;
+        }
+        Ok(())
     }
 
     /// One sync against the nodes in `nodes` (ours among them).
@@ -154,6 +228,20 @@ impl<N: NodeNetOps, F: NftOps> Syncer<N, F> {
         }
         if let Err(e) = self.sync_tunnel(me.ip, &ips, &mut report) {
             failures.push(format!("tunnel: {e:#}"));
+        }
+        if self.fast_path.is_some() {
+            let peer_device = match self.config.mode {
+                Mode::Vxlan => Some(VXLAN_DEVICE.to_string()),
+                Mode::HostGw => self.net.link_with_address(me.ip).unwrap_or_default(),
+            };
+            self.fast_inputs = peer_device.map(|peer_device| FastInputs {
+                pod_cidr: me.pod_cidr,
+                next_hops: plan.routes.iter().map(|(d, r)| (*d, r.gateway)).collect(),
+                peer_device,
+            });
+            if let Err(e) = self.refresh_fast_path() {
+                failures.push(format!("fast path: {e:#}"));
+            }
         }
         if failures.is_empty() {
             Ok(report)

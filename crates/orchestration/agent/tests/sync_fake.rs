@@ -242,3 +242,98 @@ fn tunnel_table_follows_the_underlay_link() {
     assert_eq!(r.kernel_writes, 1);
     assert!(s.nft.tables[2].contains("hook ingress device \"bond0\""));
 }
+
+/// The fast path's kernel side for these tests: the transactions, rendered.
+#[derive(Clone, Default)]
+struct FastKernel {
+    sent: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl podnet_agent::fastpath::FastPathKernel for FastKernel {
+    fn apply(&mut self, tx: &podnet_nft::Transaction) -> anyhow::Result<()> {
+        podnet_nft::validate(tx)?;
+        self.sent
+            .lock()
+            .unwrap()
+            .push(podnet_nft::render_transaction(tx));
+        Ok(())
+    }
+    fn dnat_targets(&mut self) -> anyhow::Result<std::collections::BTreeSet<std::net::Ipv4Addr>> {
+        Ok(Default::default())
+    }
+}
+
+fn link(name: &str, index: u32, master: Option<u32>) -> podnet_agent::ops::LinkInfo {
+    podnet_agent::ops::LinkInfo {
+        name: name.into(),
+        index,
+        master,
+    }
+}
+
+/// The node syncer's part of the fast path: the devices by index, the bridge's ports as
+/// the pods' hooks, the peers' next hops; a new pod's veth is hooked by the next refresh
+/// without a sync, and a sync with nothing changed sends nothing.
+#[test]
+fn fast_path_follows_devices_pods_and_peers() {
+    for mode in [Mode::HostGw, Mode::Vxlan] {
+        let dir = tempfile::tempdir().unwrap();
+        let net = FakeNodeNet {
+            links: vec![
+                link("lo", 1, None),
+                link("eth0", 2, None),
+                link("podnet.vxlan", 3, None),
+                link("podnet0", 4, None),
+                link("pn0123456789ab", 5, Some(4)),
+            ],
+            ..Default::default()
+        };
+        let kernel = FastKernel::default();
+        let fp =
+            podnet_agent::fastpath::FastPath::new(Box::new(kernel.clone()), false, false).shared();
+        let mut s = syncer(mode, &dir, net).with_fast_path(fp.clone());
+        s.sync(&nodes()).unwrap();
+        let sent = kernel.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (device, hop) = match mode {
+            Mode::HostGw => ("eth0", "192.168.50.12"),
+            Mode::Vxlan => ("podnet.vxlan", "10.244.2.0"),
+        };
+        let tx = &sent[0];
+        assert!(
+            tx.contains(&format!(
+                "fwd ip to ip daddr map @next-hops device \"{device}\""
+            )) && tx.contains(&format!("10.244.2.0/24 : {hop}"))
+                && tx.contains("fwd ip to ip daddr device \"podnet0\"")
+                && tx.contains("hook ingress device \"pn0123456789ab\""),
+            "{mode}: {tx}"
+        );
+        assert!(fp.lock().unwrap().armed());
+
+        // Nothing changed: nothing sent, by a sync or a refresh.
+        s.sync(&nodes()).unwrap();
+        s.refresh_fast_path().unwrap();
+        assert_eq!(kernel.sent.lock().unwrap().len(), 1);
+
+        // A new pod: its chain, by the refresh alone, without replacing the table.
+        s.net.links.push(link("pn00000000beef", 6, Some(4)));
+        s.refresh_fast_path().unwrap();
+        let sent = kernel.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2);
+        assert!(
+            sent[1].contains("add chain netdev podnet-fastpath pod-pn00000000beef")
+                && !sent[1].contains("delete table"),
+            "{}",
+            sent[1]
+        );
+
+        // A node leaves: its next hop goes.
+        s.sync(&nodes()[..2]).unwrap();
+        let last = kernel.sent.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            last.contains("delete element netdev podnet-fastpath")
+                && last.contains("10.244.3.0/24"),
+            "{last}"
+        );
+    }
+}

@@ -116,6 +116,11 @@ pub struct AgentArgs {
     /// Enforce NetworkPolicy on nf_tables (table `ip podnet-policy`).
     #[arg(long, env = "PODNET_ENFORCE_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
     enforce_policy: bool,
+    /// Pod-to-pod packets between nodes skip the node's IP stack (netdev `fwd`) unless an
+    /// end is a Service endpoint or an isolated pod; `false`: every packet takes the full
+    /// path (routing, netfilter, conntrack).
+    #[arg(long, env = "PODNET_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    fast_path: bool,
     /// The cluster IP range: off-cluster clients of cluster IPs are masqueraded.
     #[arg(long, env = "PODNET_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
@@ -317,6 +322,7 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         node_cidr_mask: a.node_cidr_mask,
         claim_namespace: a.claim_namespace,
         claim_grace: podnet_agent::CLAIM_GRACE,
+        fast_path: a.fast_path,
     };
     runtime()?.block_on(async move {
         let client = a.api.client().await?;

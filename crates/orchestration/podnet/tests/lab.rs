@@ -50,6 +50,12 @@ impl Lab {
         std::fs::write(f.path(), yaml).unwrap();
         self.run(&["apply", "-f", f.path().to_str().unwrap()])
     }
+
+    fn delete(&self, yaml: &str) -> Output {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        self.run(&["delete", "-f", f.path().to_str().unwrap()])
+    }
 }
 
 impl Drop for Lab {
@@ -129,6 +135,8 @@ fn lab_proves_the_model(mode: &str, tag: &str) {
         );
     }
 
+    fast_path_skips_conntrack(&lab);
+
     // Bad manifests are refused with the object and field named, and change nothing.
     let bad = lab.apply(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: fine}\nspec: {containers: [{name: a, image: podnet/echo}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec: {containers: [{name: a, image: podnet/echo, ports: [{containerPort: x}]}]}\n",
@@ -182,6 +190,77 @@ fn lab_down_cleans_up_after_a_killed_lab_up() {
     assert!(!lab.namespaces().is_empty());
     lab.ok(&["down"]);
     assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
+}
+
+/// Pods `fast-a` on node-1 and `fast-b` on node-2 (echo on 8080), which no Service uses
+/// and no policy isolates; their IPs once both run.
+fn fast_pods(lab: &Lab) -> (String, String) {
+    let out = lab.apply(FAST_PODS);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("fast-a and fast-b running", || {
+        let phases = listing(lab, "pods", ".status.phase");
+        ["fast-a", "fast-b"]
+            .iter()
+            .all(|p| phases.get(*p).is_some_and(|ph| ph == "Running"))
+    });
+    let ips = listing(lab, "pods", ".status.podIP");
+    (ips["fast-a"].clone(), ips["fast-b"].clone())
+}
+
+const FAST_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: fast-a}\nspec: {nodeName: node-1, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: fast-b}\nspec: {nodeName: node-2, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n";
+
+/// Two pods no Service uses and no policy isolates, on different nodes: their connection
+/// is answered with the real addresses and neither node's conntrack sees it (the fast
+/// path, `netdev podnet-fastpath`), while the Service endpoints of the default workload
+/// are in every node's `slow` set (their replies must meet the client node's conntrack).
+fn fast_path_skips_conntrack(lab: &Lab) {
+    let (a, b) = fast_pods(lab);
+    let a_ns = pod_netns(lab, &a);
+    let nodes = [
+        format!("pn-{}-node-1", lab.name),
+        format!("pn-{}-node-2", lab.name),
+    ];
+    let nft = |node: &str, args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node, "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The new veths are hooked within a second of appearing (the agent's link poll).
+    wait_for("the fast path armed with fast-a's veth", || {
+        let t = nft(&nodes[0], &["list", "table", "netdev", "podnet-fastpath"]);
+        t.contains("fwd ip to") && t.matches("chain pod-").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..5 {
+        let (pod, peer) = echo_from(&a_ns, &format!("{b}:8080")).unwrap();
+        assert_eq!((pod.as_str(), peer.as_str()), ("fast-b", a.as_str()));
+    }
+    for node in &nodes {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node, "conntrack", "-L", "-s", &a, "-d", &b])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let flows = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !flows.contains(&format!("dst={b}")),
+            "{node} tracked fast-a → fast-b:\n{flows}"
+        );
+    }
+    // A Service endpoint on node-2 is slow on node-1 (where its clients' DNAT happens).
+    let endpoint = pod_ip_on(lab, "node-2");
+    let slow = nft(
+        &nodes[0],
+        &["list", "set", "netdev", "podnet-fastpath", "slow"],
+    );
+    assert!(slow.contains(&endpoint), "{endpoint} not in slow:\n{slow}");
+    assert!(!slow.contains(&b), "{b} is no endpoint:\n{slow}");
+    let out = lab.delete(FAST_PODS);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 fn routes_in(ns: &str) -> String {
@@ -309,6 +388,20 @@ fn node_leaves_and_returns(mode: &str, tag: &str, route: fn(&str) -> String) {
     client.write_all(b"before").unwrap();
     let mut buf = [0u8; 6];
     server.read_exact(&mut buf).unwrap();
+    // And one on the fast path (two pods no Service uses): the restart removes the fast
+    // path until the new agent arms its own; conntrack picks the flow up meanwhile.
+    let (fa, fb) = fast_pods(&lab);
+    let (fa_ns, fb_ns) = (pod_netns(&lab, &fa), pod_netns(&lab, &fb));
+    let fast_listener = in_netns(&fb_ns, || {
+        std::net::TcpListener::bind((fb.as_str(), 7001)).unwrap()
+    });
+    let mut fast_client = in_netns(&fa_ns, || {
+        std::net::TcpStream::connect((fb.as_str(), 7001)).unwrap()
+    });
+    let (mut fast_server, peer) = fast_listener.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), fa, "no NAT between pods");
+    fast_client.write_all(b"before").unwrap();
+    fast_server.read_exact(&mut buf).unwrap();
 
     // Kill node-1's agent and start it again with the same command line.
     let args = kill_agent(&lab, "node-1");
@@ -323,6 +416,34 @@ fn node_leaves_and_returns(mode: &str, tag: &str, route: fn(&str) -> String) {
     client.write_all(b"after!").unwrap();
     server.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"after!");
+    for round in 0..3 {
+        // Right after the restart (full path), and once the new agent armed its fast path.
+        fast_client.write_all(b"after!").unwrap();
+        fast_server.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"after!");
+        fast_server.write_all(b"back!!").unwrap();
+        fast_client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"back!!");
+        if round == 0 {
+            wait_for("the restarted agent's fast path", || {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns1,
+                        "nft",
+                        "list",
+                        "table",
+                        "netdev",
+                        "podnet-fastpath",
+                    ])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("fwd ip to")
+            });
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
     assert_eq!(
         routes_in(&ns1),
         routes_before,

@@ -731,6 +731,7 @@ fn expr_udata(u: &mut Vec<u8>, e: Expr) {
     let (kind, attrs) = match e {
         Expr::IpSaddr => payload(12, 11),
         Expr::IpDaddr => payload(12, 12),
+        Expr::IpTtl => payload(12, 8),
         Expr::Ip6Saddr => payload(13, 8),
         Expr::Ip6Daddr => payload(13, 9),
         Expr::ThSport => payload(11, 1),
@@ -758,6 +759,7 @@ fn value_bytes(v: &Value, end: bool, out: &mut Vec<u8>) {
         Value::Proto(p) => out.push(*p),
         Value::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
         Value::Mark(m) | Value::Integer(m) => out.extend_from_slice(&m.to_ne_bytes()),
+        Value::Byte(n) => out.push(*n),
         Value::AddrType(t) => out.extend_from_slice(&(*t as u32).to_ne_bytes()),
         Value::IfName(n) => {
             let mut b = [0u8; 16];
@@ -945,6 +947,12 @@ const FIB_RESULT_ADDRTYPE: u32 = 3;
 const FIB_F_DADDR: u32 = 2;
 const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
+const CMP_GT: u32 = 4;
+/// `NFTA_FWD_*` (net/netfilter/nft_fwd_netdev.c) and the IPv4 `NFPROTO_*`.
+const NFTA_FWD_SREG_DEV: u16 = 1;
+const NFTA_FWD_SREG_ADDR: u16 = 2;
+const NFTA_FWD_NFPROTO: u16 = 3;
+const NFPROTO_IPV4: u32 = 2;
 const NAT_DNAT: u32 = 1;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
@@ -975,6 +983,7 @@ fn payload_of(e: Expr) -> Option<(u32, u32, u32)> {
     Some(match e {
         Expr::IpSaddr => (PAYLOAD_NETWORK, 12, 4),
         Expr::IpDaddr => (PAYLOAD_NETWORK, 16, 4),
+        Expr::IpTtl => (PAYLOAD_NETWORK, 8, 1),
         Expr::Ip6Saddr => (PAYLOAD_NETWORK, 8, 16),
         Expr::Ip6Daddr => (PAYLOAD_NETWORK, 24, 16),
         Expr::ThSport => (PAYLOAD_TRANSPORT, 0, 2),
@@ -1036,12 +1045,17 @@ fn load(w: &mut Writer, e: Expr, dreg: u32) {
 
 /// Loads a concatenation into consecutive slots from 0; returns the first register.
 fn load_concat(w: &mut Writer, keys: &[Expr]) -> u32 {
-    let mut slot = 0;
+    load_concat_at(w, keys, 0)
+}
+
+/// Loads a concatenation into consecutive slots from `first`; returns its register.
+fn load_concat_at(w: &mut Writer, keys: &[Expr], first: u32) -> u32 {
+    let mut slot = first;
     for k in keys {
         load(w, *k, reg(slot));
         slot += padded(expr_len(*k)) / 4;
     }
-    reg(0)
+    reg(first)
 }
 
 fn cmp(w: &mut Writer, sreg: u32, op: CmpOp, data: &[u8]) {
@@ -1052,6 +1066,7 @@ fn cmp(w: &mut Writer, sreg: u32, op: CmpOp, data: &[u8]) {
             match op {
                 CmpOp::Eq => CMP_EQ,
                 CmpOp::Ne => CMP_NEQ,
+                CmpOp::Gt => CMP_GT,
             },
         ); // NFTA_CMP_OP
         w.data_value(3, data); // NFTA_CMP_DATA
@@ -1131,12 +1146,19 @@ impl Deps {
             Stmt::InSet { keys, .. }
             | Stmt::Vmap { keys, .. }
             | Stmt::DnatMap { keys, .. }
-            | Stmt::SetUpdate { keys, .. } => keys,
+            | Stmt::SetUpdate { keys, .. }
+            | Stmt::Fwd {
+                to: FwdTo::Map { keys, .. },
+                ..
+            } => keys,
+            Stmt::Fwd {
+                to: FwdTo::Key(e), ..
+            } => std::slice::from_ref(e),
             _ => &[],
         };
         let v4 = exprs
             .iter()
-            .any(|e| matches!(e, Expr::IpSaddr | Expr::IpDaddr));
+            .any(|e| matches!(e, Expr::IpSaddr | Expr::IpDaddr | Expr::IpTtl));
         let v6 = exprs
             .iter()
             .any(|e| matches!(e, Expr::Ip6Saddr | Expr::Ip6Daddr));
@@ -1293,6 +1315,24 @@ fn encode_stmt(w: &mut Writer, s: &Stmt) {
                 }
             });
         }
+        Stmt::Fwd { to, device } => {
+            // As nft: the ifindex (host order) into reg 1, the address into reg 2 (a map
+            // lookup writes its data over its key), then `fwd` reading both.
+            let r2 = reg(4);
+            immediate_value(w, r1, &device.index.to_ne_bytes());
+            match to {
+                FwdTo::Key(e) => load(w, *e, r2),
+                FwdTo::Map { keys, map } => {
+                    let r = load_concat_at(w, keys, 4);
+                    lookup(w, map, r, Some(r), false);
+                }
+            }
+            expr(w, "fwd", |w| {
+                w.be32(NFTA_FWD_SREG_DEV, r1);
+                w.be32(NFTA_FWD_SREG_ADDR, r2);
+                w.be32(NFTA_FWD_NFPROTO, NFPROTO_IPV4);
+            });
+        }
         Stmt::NoTrack => {
             // No attributes and, as libnftnl writes it, no NFTA_EXPR_DATA at all.
             let l = w.nest(NFTA_LIST_ELEM);
@@ -1313,7 +1353,7 @@ fn value_len(v: &Value) -> u32 {
     match v {
         Value::Ipv4(_) | Value::Ipv4Prefix(..) | Value::Ipv4Range(..) => 4,
         Value::Ipv6(_) | Value::Ipv6Prefix(..) => 16,
-        Value::Proto(_) => 1,
+        Value::Proto(_) | Value::Byte(_) => 1,
         Value::Port(_) | Value::PortRange(..) => 2,
         Value::Mark(_) | Value::Integer(_) | Value::AddrType(_) => 4,
         Value::IfName(_) => 16,
@@ -1394,7 +1434,8 @@ fn validate_op(family: Family, i: usize, op: &Op) -> Result<(), EncodeError> {
 }
 
 /// IPv4 header fields only in ip/inet/netdev tables, IPv6 ones only in ip6/inet/netdev
-/// tables; the same for NAT addresses, and no NAT at all in netdev tables.
+/// tables; the same for NAT addresses, and no NAT at all in netdev tables; `fwd` only in
+/// netdev tables.
 fn check_family(family: Family, rule: &Rule) -> Result<(), String> {
     let (v4_ok, v6_ok) = match family {
         Family::Ip => (true, false),
@@ -1410,13 +1451,20 @@ fn check_family(family: Family, rule: &Rule) -> Result<(), String> {
                 (keys, false, false)
             }
             Stmt::DnatMap { keys, ipv6, .. } => (keys, !ipv6, *ipv6),
+            Stmt::Fwd {
+                to: FwdTo::Map { keys, .. },
+                ..
+            } => (keys, true, false),
+            Stmt::Fwd {
+                to: FwdTo::Key(e), ..
+            } => (std::slice::from_ref(e), true, false),
             Stmt::Dnat { addr, .. } => (&[], addr.is_ipv4(), addr.is_ipv6()),
             _ => (&[], false, false),
         };
         let v4 = nat_v4
             || exprs
                 .iter()
-                .any(|e| matches!(e, Expr::IpSaddr | Expr::IpDaddr));
+                .any(|e| matches!(e, Expr::IpSaddr | Expr::IpDaddr | Expr::IpTtl));
         let v6 = nat_v6
             || exprs
                 .iter()
@@ -1426,6 +1474,11 @@ fn check_family(family: Family, rule: &Rule) -> Result<(), String> {
                 s,
                 Stmt::Dnat { .. } | Stmt::DnatMap { .. } | Stmt::Masquerade { .. }
             );
+        if family != Family::Netdev && matches!(s, Stmt::Fwd { .. }) {
+            return Err(format!(
+                "{s:?}: fwd is only available in netdev tables, not in a {family:?} table"
+            ));
+        }
         if (v4 && !v4_ok) || (v6 && !v6_ok) || nat_here {
             return Err(format!("{s:?} does not fit a {family:?} table"));
         }
@@ -1551,8 +1604,27 @@ fn check_stmt(s: &Stmt) -> Result<(), String> {
         _ => Ok(()),
     };
     match s {
-        Stmt::Match { expr, value, .. } => {
+        Stmt::Match { expr, op, value } => {
             check_values(std::slice::from_ref(value))?;
+            if *op == CmpOp::Gt
+                && !matches!(
+                    value,
+                    Value::Byte(_)
+                        | Value::Proto(_)
+                        | Value::Port(_)
+                        | Value::Ipv4(_)
+                        | Value::Ipv6(_)
+                )
+            {
+                // Prefixes and ranges are not one value; host-order integers would need
+                // nft's byteorder conversion (the kernel compares bytes).
+                return Err(format!(
+                    "{expr:?} > {value:?}: '>' needs a single scalar value"
+                ));
+            }
+            if *expr == Expr::IpTtl && !matches!(value, Value::Byte(_)) {
+                return Err(format!("value {value:?} does not fit {expr:?} (a byte)"));
+            }
             if is_prefix(value) {
                 let want = match value {
                     Value::Ipv4Prefix(_, l) | Value::Ipv6Prefix(_, l) => *l,
@@ -1571,11 +1643,39 @@ fn check_stmt(s: &Stmt) -> Result<(), String> {
             }
             Ok(())
         }
-        Stmt::MatchBits { expr, .. } => {
+        Stmt::MatchBits { expr, op, .. } => {
             if expr_len(*expr) != 4 || payload_of(*expr).is_some() {
                 return Err(format!("bit match on {expr:?} (32-bit meta/ct only)"));
             }
+            if *op == CmpOp::Gt {
+                return Err(format!(
+                    "bit match on {expr:?}: '>' is not a bit comparison"
+                ));
+            }
             Ok(())
+        }
+        Stmt::Fwd { to, device } => {
+            let d = &device.name;
+            if d.is_empty()
+                || d.len() > 15
+                || d.contains(['"', '/', '\0'])
+                || d.contains(char::is_whitespace)
+            {
+                return Err(format!(
+                    "fwd device {d:?}: 1 to 15 bytes, no '\"', '/' or whitespace"
+                ));
+            }
+            if device.index == 0 {
+                return Err(format!("fwd device {d:?}: ifindex 0"));
+            }
+            match to {
+                FwdTo::Key(Expr::IpSaddr | Expr::IpDaddr) => Ok(()),
+                FwdTo::Key(e) => Err(format!("fwd ip to {e:?}: not an IPv4 address")),
+                FwdTo::Map { keys, map } => {
+                    keys_ok(keys)?;
+                    name_ok(map)
+                }
+            }
         }
         Stmt::InSet { keys, set, .. } | Stmt::Vmap { keys, map: set } => {
             keys_ok(keys)?;

@@ -186,6 +186,8 @@ pub enum Value {
     Mark(u32),
     /// A plain 32-bit integer in host order: keys of maps looked up with `numgen`.
     Integer(u32),
+    /// A 1-byte integer (`ip ttl`'s values).
+    Byte(u8),
     IfName(String),
     /// A fib address type (`fib daddr type local`).
     AddrType(AddrType),
@@ -276,6 +278,8 @@ impl Element {
 pub enum Expr {
     IpSaddr,
     IpDaddr,
+    /// `ip ttl`: the IPv4 header's time to live (1 byte, values [`Value::Byte`]).
+    IpTtl,
     Ip6Saddr,
     Ip6Daddr,
     /// Transport header source port (`th sport`): only meaningful after an l4proto match.
@@ -323,6 +327,9 @@ pub mod ct_status {
 pub enum CmpOp {
     Eq,
     Ne,
+    /// `>`: only on single big-endian scalar values (`ip ttl > 1`; no prefixes, ranges,
+    /// host-order integers or names, and not in bit matches).
+    Gt,
 }
 
 /// Rejection kinds.
@@ -396,7 +403,32 @@ pub enum Stmt {
         timeout: Option<Duration>,
     },
     NoTrack,
+    /// `fwd ip to ADDR device "DEV"` (netdev tables only): sends the packet out of
+    /// `device` to the IPv4 next hop `to` (its neighbour entry gives the MAC); the packet
+    /// is stolen, no later statement sees it.
+    Fwd {
+        to: FwdTo,
+        device: Device,
+    },
     Verdict(Verdict),
+}
+
+/// The next-hop address of a [`Stmt::Fwd`] (IPv4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FwdTo {
+    /// `fwd ip to ip daddr …`: an `ipv4_addr` expression.
+    Key(Expr),
+    /// `fwd ip to KEYS map @map …`: looked up in a map whose data is `ipv4_addr`.
+    Map { keys: Vec<Expr>, map: String },
+}
+
+/// A network device as a rule names it: `name` for the text, `index` (its ifindex in
+/// the table's network namespace) for netlink — nft resolves the name when it parses
+/// the rule and stores the index, so the two must agree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Device {
+    pub name: String,
+    pub index: u32,
 }
 
 /// A rule: statements plus an optional comment (kept in the rule's userdata, as nft does).

@@ -263,6 +263,7 @@ pub fn render_value(v: &Value) -> String {
         Value::Port(p) => p.to_string(),
         Value::Mark(m) => format!("0x{m:08x}"),
         Value::Integer(n) => n.to_string(),
+        Value::Byte(n) => n.to_string(),
         Value::IfName(n) => quote(n),
         Value::AddrType(t) => match t {
             AddrType::Unicast => "unicast",
@@ -298,6 +299,7 @@ pub fn render_expr(e: Expr) -> String {
     match e {
         Expr::IpSaddr => "ip saddr".into(),
         Expr::IpDaddr => "ip daddr".into(),
+        Expr::IpTtl => "ip ttl".into(),
         Expr::Ip6Saddr => "ip6 saddr".into(),
         Expr::Ip6Daddr => "ip6 daddr".into(),
         Expr::ThSport => "th sport".into(),
@@ -358,6 +360,7 @@ fn render_stmt(s: &Stmt) -> String {
             match op {
                 CmpOp::Eq => format!("{} {v}", render_expr(*expr)),
                 CmpOp::Ne => format!("{} != {v}", render_expr(*expr)),
+                CmpOp::Gt => format!("{} > {v}", render_expr(*expr)),
             }
         }
         Stmt::MatchBits {
@@ -424,6 +427,13 @@ fn render_stmt(s: &Stmt) -> String {
             None => format!("update @{set} {{ {} }}", join_exprs(keys)),
         },
         Stmt::NoTrack => "notrack".into(),
+        Stmt::Fwd { to, device } => {
+            let to = match to {
+                FwdTo::Key(e) => render_expr(*e),
+                FwdTo::Map { keys, map } => format!("{} map @{map}", join_exprs(keys)),
+            };
+            format!("fwd ip to {to} device {}", quote(&device.name))
+        }
         Stmt::Verdict(v) => render_verdict(v),
     }
 }
@@ -432,6 +442,7 @@ fn op_text(op: CmpOp) -> &'static str {
     match op {
         CmpOp::Eq => "==",
         CmpOp::Ne => "!=",
+        CmpOp::Gt => ">",
     }
 }
 

@@ -26,6 +26,14 @@ pub(crate) const INTEGER: TypeInfo = TypeInfo {
     name: "integer",
 };
 
+/// `integer` of 1 byte in network order: what `ip ttl` produces (its `typeof`).
+pub(crate) const BYTE: TypeInfo = TypeInfo {
+    id: 4,
+    len: 1,
+    byteorder: BYTEORDER_BIG,
+    name: "integer",
+};
+
 /// nft's verdict datatype (`NFT_DATA_VERDICT`).
 pub(crate) const VERDICT_TYPE: u32 = 0xffff_ff00;
 
@@ -56,6 +64,7 @@ pub(crate) fn expr_type(e: Expr) -> Option<TypeInfo> {
         Expr::MetaMark => type_info(Type::Mark),
         Expr::MetaIifname | Expr::MetaOifname => type_info(Type::IfName),
         Expr::Numgen { .. } => INTEGER,
+        Expr::IpTtl => BYTE,
         Expr::FibDaddrType | Expr::CtStatus | Expr::CtState => return None,
     })
 }
@@ -66,7 +75,7 @@ pub(crate) fn expr_len(e: Expr) -> u32 {
         Expr::IpSaddr | Expr::IpDaddr => 4,
         Expr::Ip6Saddr | Expr::Ip6Daddr => 16,
         Expr::ThSport | Expr::ThDport => 2,
-        Expr::MetaL4Proto => 1,
+        Expr::MetaL4Proto | Expr::IpTtl => 1,
         Expr::MetaIifname | Expr::MetaOifname => 16,
         Expr::MetaMark
         | Expr::FibDaddrType

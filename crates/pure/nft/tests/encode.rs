@@ -693,3 +693,256 @@ fn address_ranges_encode_as_one_interval() {
     });
     assert!(encode_transaction(&tx, 0).is_err());
 }
+
+/// The netdev fast path: `ip ttl > 1` and `fwd ip to … device …`, with and without a
+/// next-hop map. `fixtures/nft-1.0.6-mnl-fwd.hex` is what `nft --debug=mnl -f
+/// fixtures/nft-1.0.6-mnl-fwd.nft` sent (nft 1.0.6, kernel 6.18, in a throwaway namespace
+/// where `eth0` has ifindex 3 and `br0` ifindex 4; nft's cache-reading message dropped).
+fn fwd_tx() -> Transaction {
+    let m = |expr, op, value| Stmt::Match { expr, op, value };
+    let slow = |key| Stmt::InSet {
+        keys: vec![key],
+        set: "slow".into(),
+        negate: true,
+    };
+    let mut next_hops = Set::map(
+        "next-hops",
+        vec![Type::Ipv4Addr],
+        SetData::Types(vec![Type::Ipv4Addr]),
+    );
+    next_hops.flags.interval = true;
+    let mut tx = Transaction::new(Family::Netdev, "t");
+    tx.push(Op::AddTable)
+        .push(Op::AddSet(next_hops))
+        .push(Op::AddSet(Set::new("slow", vec![Type::Ipv4Addr])))
+        .add_chain(
+            Chain::regular("to-peers"),
+            vec![Rule::new(vec![
+                m(
+                    Expr::IpSaddr,
+                    CmpOp::Eq,
+                    Value::Ipv4Prefix(Ipv4Addr::new(10, 244, 1, 0), 24),
+                ),
+                m(Expr::IpTtl, CmpOp::Gt, Value::Byte(1)),
+                slow(Expr::IpSaddr),
+                slow(Expr::IpDaddr),
+                Stmt::Fwd {
+                    to: FwdTo::Map {
+                        keys: vec![Expr::IpDaddr],
+                        map: "next-hops".into(),
+                    },
+                    device: Device {
+                        name: "eth0".into(),
+                        index: 3,
+                    },
+                },
+            ])],
+        )
+        .add_chain(
+            Chain::regular("from-peers"),
+            vec![Rule::new(vec![
+                m(
+                    Expr::IpDaddr,
+                    CmpOp::Eq,
+                    Value::Ipv4Prefix(Ipv4Addr::new(10, 244, 1, 0), 24),
+                ),
+                m(
+                    Expr::IpDaddr,
+                    CmpOp::Ne,
+                    Value::Ipv4(Ipv4Addr::new(10, 244, 1, 1)),
+                ),
+                m(Expr::IpTtl, CmpOp::Gt, Value::Byte(1)),
+                Stmt::Fwd {
+                    to: FwdTo::Key(Expr::IpDaddr),
+                    device: Device {
+                        name: "br0".into(),
+                        index: 4,
+                    },
+                },
+            ])],
+        );
+    tx
+}
+
+#[test]
+fn fwd_rules_render_as_nft_lists_them() {
+    let tx = fwd_tx();
+    let rules: Vec<String> = tx
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::AddRule { rule, .. } => Some(render_rule(rule)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "ip saddr 10.244.1.0/24 ip ttl > 1 ip saddr != @slow ip daddr != @slow \
+             fwd ip to ip daddr map @next-hops device \"eth0\"",
+            "ip daddr 10.244.1.0/24 ip daddr != 10.244.1.1 ip ttl > 1 \
+             fwd ip to ip daddr device \"br0\"",
+        ]
+    );
+}
+
+#[test]
+fn fwd_matches_nft_byte_for_byte() {
+    assert_eq!(
+        render_transaction(&fwd_tx()),
+        include_str!("fixtures/nft-1.0.6-mnl-fwd.nft")
+    );
+    let want: Vec<(u16, Vec<u8>)> = include_str!("fixtures/nft-1.0.6-mnl-fwd.hex")
+        .lines()
+        .map(|l| {
+            let (ty, body) = l.split_once(' ').unwrap();
+            (ty.parse().unwrap(), unhex(body))
+        })
+        .collect();
+    let got = messages(&encode_transaction(&fwd_tx(), 0).unwrap().bytes);
+    assert_eq!(got.len(), want.len(), "message count");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if g != w {
+            let (mut gs, mut ws) = (String::new(), String::new());
+            dump(&g.1[4..], 1, &mut gs);
+            dump(&w.1[4..], 1, &mut ws);
+            panic!(
+                "message {i}: type {} vs nft's {}\nours:\n{gs}\nnft's:\n{ws}",
+                g.0, w.0
+            );
+        }
+    }
+}
+
+/// `fwd` exists only in netdev tables; `>` only against one big-endian scalar value;
+/// `ip ttl` takes bytes; a fwd needs a usable device and an IPv4 address expression.
+#[test]
+fn fwd_and_gt_are_refused_where_they_make_no_sense() {
+    let refused = |family, stmts: Vec<Stmt>| {
+        let mut tx = Transaction::new(family, "t");
+        tx.push(Op::AddTable).push(Op::AddRule {
+            chain: "c".into(),
+            rule: Rule::new(stmts),
+        });
+        match encode_transaction(&tx, 0) {
+            Err(EncodeError::Invalid { op: 1, what }) => Some(what),
+            Err(e) => panic!("unexpected {e:?}"),
+            Ok(_) => None,
+        }
+    };
+    let fwd = |to, name: &str, index| Stmt::Fwd {
+        to,
+        device: Device {
+            name: name.into(),
+            index,
+        },
+    };
+    let to_daddr = || FwdTo::Key(Expr::IpDaddr);
+    assert_eq!(
+        refused(Family::Netdev, vec![fwd(to_daddr(), "eth0", 3)]),
+        None
+    );
+    for family in [Family::Ip, Family::Ip6, Family::Inet] {
+        let what = refused(family, vec![fwd(to_daddr(), "eth0", 3)]).expect("refused");
+        assert!(what.contains("only available in netdev tables"), "{what}");
+    }
+    for bad in [
+        fwd(to_daddr(), "eth0", 0),
+        fwd(to_daddr(), "", 3),
+        fwd(to_daddr(), "a b", 3),
+        fwd(to_daddr(), "sixteen-bytes-xx", 3),
+        fwd(FwdTo::Key(Expr::ThDport), "eth0", 3),
+        fwd(FwdTo::Key(Expr::Ip6Daddr), "eth0", 3),
+        fwd(
+            FwdTo::Map {
+                keys: vec![Expr::IpDaddr],
+                map: "9hops".into(),
+            },
+            "eth0",
+            3,
+        ),
+        fwd(
+            FwdTo::Map {
+                keys: vec![],
+                map: "hops".into(),
+            },
+            "eth0",
+            3,
+        ),
+    ] {
+        assert!(
+            refused(Family::Netdev, vec![bad.clone()]).is_some(),
+            "{bad:?}"
+        );
+    }
+
+    let m = |expr, op, value| Stmt::Match { expr, op, value };
+    let ok = [
+        m(Expr::IpTtl, CmpOp::Gt, Value::Byte(1)),
+        m(Expr::IpTtl, CmpOp::Ne, Value::Byte(0)),
+        m(Expr::ThDport, CmpOp::Gt, Value::Port(1024)),
+        m(
+            Expr::IpSaddr,
+            CmpOp::Gt,
+            Value::Ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+        ),
+    ];
+    for s in ok {
+        assert_eq!(refused(Family::Netdev, vec![s.clone()]), None, "{s:?}");
+    }
+    let bad = [
+        // A prefix is a range of values, not one.
+        m(
+            Expr::IpSaddr,
+            CmpOp::Gt,
+            Value::Ipv4Prefix(Ipv4Addr::new(10, 0, 0, 0), 8),
+        ),
+        m(
+            Expr::IpSaddr,
+            CmpOp::Gt,
+            Value::Ipv4Range(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 9)),
+        ),
+        m(Expr::ThDport, CmpOp::Gt, Value::PortRange(1, 2)),
+        // Host-order integers would need nft's byteorder conversion.
+        m(Expr::MetaMark, CmpOp::Gt, Value::Mark(1)),
+        m(Expr::MetaIifname, CmpOp::Gt, Value::IfName("eth0".into())),
+        // `ip ttl` is a byte.
+        m(Expr::IpTtl, CmpOp::Eq, Value::Proto(1)),
+        m(Expr::IpTtl, CmpOp::Eq, Value::Port(1)),
+        Stmt::MatchBits {
+            expr: Expr::MetaMark,
+            mask: 1,
+            op: CmpOp::Gt,
+            value: 0,
+        },
+    ];
+    for s in bad {
+        let what = refused(Family::Netdev, vec![s.clone()]).expect("refused");
+        assert!(!what.is_empty(), "{s:?}");
+    }
+    // IPv4 fields (ttl too) need an IPv4 table.
+    assert!(refused(Family::Ip6, vec![m(Expr::IpTtl, CmpOp::Gt, Value::Byte(1))]).is_some());
+}
+
+/// `typeof ip ttl` is stored as nft stores it (payload of ip, field ttl: 8), so a set
+/// keyed by ttls lists as `typeof ip ttl`; `ip ttl` renders in such a declaration too.
+#[test]
+fn ttl_sets_render_by_typeof() {
+    let set = Set {
+        key: KeyDecl::Typeof(vec![Expr::IpTtl]),
+        ..Set::new("ttls", vec![])
+    };
+    let mut t = Table::new(Family::Netdev, "t");
+    t.sets.push((
+        set,
+        vec![
+            Element::key(vec![Value::Byte(1)]),
+            Element::key(vec![Value::Byte(64)]),
+        ],
+    ));
+    assert_eq!(
+        render_table(&t),
+        "table netdev t {\n\tset ttls {\n\t\ttypeof ip ttl\n\t\telements = { 1, 64 }\n\t}\n}\n"
+    );
+    assert!(encode_transaction(&Transaction::replace_table(&t), 0).is_ok());
+}

@@ -49,7 +49,7 @@ pub fn render_cni_conflist(pod_cidr: Ipv4Net, pod_mtu: u32, data_dir: &str) -> S
         name: "podnet",
         plugins: [Plugin {
             kind: "podnet",
-            bridge: "podnet0",
+            bridge: crate::POD_BRIDGE,
             is_gateway: true,
             is_default_gateway: true,
             hairpin_mode: true,

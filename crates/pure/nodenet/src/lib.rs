@@ -16,10 +16,15 @@
 //! exactly its own routes in one dump and never touches anyone else's.
 
 mod conflist;
+mod fastpath;
 mod masquerade;
 mod plan;
 
 pub use conflist::render_cni_conflist;
+pub use fastpath::{
+    FASTPATH_TABLE, FastPathPlan, POD_CHAIN_PREFIX, SLOW_SET, pod_chain, render_fastpath,
+    slow_elements,
+};
 pub use masquerade::{
     MASQUERADE_TABLE, NO_MASQUERADE_SET, NODE_IPS_SET, TUNNEL_TABLE, render_masquerade,
     render_tunnel,
@@ -38,6 +43,8 @@ use std::str::FromStr;
 pub const ROUTE_PROTOCOL: u8 = 201;
 /// The VXLAN device's name (≤ 15 bytes, the kernel's IFNAMSIZ − 1).
 pub const VXLAN_DEVICE: &str = "podnet.vxlan";
+/// The bridge the CNI config names: the local pods' gateway.
+pub const POD_BRIDGE: &str = "podnet0";
 /// VXLAN network identifier (flannel uses 1 too).
 pub const VXLAN_VNI: u32 = 1;
 /// The IANA VXLAN port (Linux's own default, 8472, is not).

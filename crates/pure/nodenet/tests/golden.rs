@@ -187,3 +187,42 @@ fn cni_conflist_is_what_the_plugin_parses() {
     assert_eq!(conf.data_dir, "/var/lib/cni/podnet");
     assert!(conf.is_gateway && conf.is_default_gateway && conf.hairpin);
 }
+
+fn fastpath_plan(armed: bool) -> podnet_nodenet::FastPathPlan {
+    let nodes = cluster();
+    let plan = plan_node(&nodes[0], &nodes, Mode::Vxlan, 1500);
+    podnet_nodenet::FastPathPlan {
+        pod_cidr: nodes[0].pod_cidr,
+        bridge: podnet_nft::Device {
+            name: "podnet0".into(),
+            index: 4,
+        },
+        peer_device: podnet_nft::Device {
+            name: "podnet.vxlan".into(),
+            index: 3,
+        },
+        next_hops: plan.routes.iter().map(|(d, r)| (*d, r.gateway)).collect(),
+        pod_links: ["pn0123456789ab".to_string(), "pn00000000beef".to_string()].into(),
+        armed,
+    }
+}
+
+#[test]
+fn fastpath_table_vxlan() {
+    let t = podnet_nodenet::render_fastpath(&fastpath_plan(true));
+    podnet_nft::validate(&podnet_nft::Transaction::replace_table(&t)).unwrap();
+    golden("fastpath-vxlan.nft", &podnet_nft::render_table(&t));
+}
+
+#[test]
+fn disarmed_fastpath_has_its_chains_and_no_fwd() {
+    let armed = podnet_nodenet::render_fastpath(&fastpath_plan(true));
+    let disarmed = podnet_nodenet::render_fastpath(&fastpath_plan(false));
+    let text = podnet_nft::render_table(&disarmed);
+    assert!(!text.contains("fwd"), "{text}");
+    let names = |t: &podnet_nft::Table| -> Vec<String> {
+        t.chains.iter().map(|(c, _)| c.name.clone()).collect()
+    };
+    assert_eq!(names(&armed), names(&disarmed));
+    assert!(text.contains("chain pod-pn0123456789ab"), "{text}");
+}

@@ -1090,6 +1090,16 @@ impl Planner {
         })
     }
 
+    /// The addresses of the local pods isolated in either direction (as of the last
+    /// [`Planner::sync`]).
+    pub fn isolated_pods(&self) -> BTreeSet<Ipv4Addr> {
+        self.maps[0]
+            .keys()
+            .chain(self.maps[1].keys())
+            .copied()
+            .collect()
+    }
+
     /// Whether some local pod is isolated (in either direction): the base chains exist.
     fn guarded(&self) -> bool {
         !self.maps[0].is_empty() || !self.maps[1].is_empty()

@@ -111,6 +111,11 @@ pub struct Proxy {
     filter_hooks_programmed: bool,
     /// False until a transaction built by `sync` has been taken whole by the kernel.
     in_step: bool,
+    /// Endpoint IP → how many programmed ports can DNAT to it, while tracked
+    /// ([`Proxy::track_endpoints`]: the agent's fast path needs them).
+    endpoint_refs: Option<BTreeMap<Ipv4Addr, usize>>,
+    /// Endpoint IPs whose count went to or from zero since [`Proxy::take_endpoint_changes`].
+    endpoints_touched: BTreeSet<Ipv4Addr>,
 }
 
 impl Proxy {
@@ -126,7 +131,36 @@ impl Proxy {
             no_endpoint: 0,
             filter_hooks_programmed: false,
             in_step: false,
+            endpoint_refs: None,
+            endpoints_touched: BTreeSet::new(),
         }
+    }
+
+    /// Starts counting the endpoint IPs of the programmed ports (every one counts as
+    /// changed at the next [`Proxy::take_endpoint_changes`]).
+    pub fn track_endpoints(&mut self) {
+        if self.endpoint_refs.is_some() {
+            return;
+        }
+        let mut refs: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        for p in &self.ports {
+            for ip in render_port(&p.port, &self.config).endpoints {
+                *refs.entry(ip).or_default() += 1;
+            }
+        }
+        self.endpoints_touched.extend(refs.keys().copied());
+        self.endpoint_refs = Some(refs);
+    }
+
+    /// The endpoint IPs that some programmed port started or stopped using since the
+    /// last call, each with whether one uses it now (empty unless tracked). The ports are
+    /// those of the transaction last built: call it before sending that transaction.
+    pub fn take_endpoint_changes(&mut self) -> Vec<(Ipv4Addr, bool)> {
+        let refs = self.endpoint_refs.as_ref();
+        std::mem::take(&mut self.endpoints_touched)
+            .into_iter()
+            .map(|ip| (ip, refs.is_some_and(|r| r.contains_key(&ip))))
+            .collect()
     }
 
     /// The kernel refused the last transaction: the next sync replaces the whole table.
@@ -460,6 +494,15 @@ impl Proxy {
         for ip in &objects.hairpin {
             *self.hairpin.entry(*ip).or_default() += 1;
         }
+        if let Some(refs) = &mut self.endpoint_refs {
+            for ip in &objects.endpoints {
+                let n = refs.entry(*ip).or_default();
+                *n += 1;
+                if *n == 1 {
+                    self.endpoints_touched.insert(*ip);
+                }
+            }
+        }
         Ok((Programmed { port }, objects))
     }
 
@@ -522,6 +565,17 @@ impl Proxy {
                 *n -= 1;
                 if *n == 0 {
                     self.hairpin.remove(ip);
+                }
+            }
+        }
+        if let Some(refs) = &mut self.endpoint_refs {
+            for ip in &objects.endpoints {
+                if let Some(n) = refs.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        refs.remove(ip);
+                        self.endpoints_touched.insert(*ip);
+                    }
                 }
             }
         }

@@ -320,6 +320,8 @@ pub struct PortObjects {
     pub shared: Vec<Shared>,
     /// Local endpoint IPs (for the shared `hairpin` set).
     pub hairpin: BTreeSet<Ipv4Addr>,
+    /// Every endpoint IP the port can DNAT to (what the fast path must leave to conntrack).
+    pub endpoints: BTreeSet<Ipv4Addr>,
 }
 
 /// The key expressions of a frontend.
@@ -562,6 +564,7 @@ pub fn render_port(port: &ServicePort, config: &ProxyConfig) -> PortObjects {
         if e.local {
             out.hairpin.insert(e.ip);
         }
+        out.endpoints.insert(e.ip);
     }
     if port.affinity_seconds.is_some() {
         render_affinity_port(&mut out, port, config);

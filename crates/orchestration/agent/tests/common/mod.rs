@@ -103,6 +103,7 @@ pub fn config(cni_conf_dir: PathBuf, metrics_addr: &str) -> Config {
         node_cidr_mask: 24,
         claim_namespace: None,
         claim_grace: podnet_agent::CLAIM_GRACE,
+        fast_path: true,
     }
 }
 
