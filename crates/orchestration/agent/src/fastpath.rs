@@ -71,6 +71,7 @@ pub struct FastPath {
     programmed: Option<Table>,
     /// Transactions sent (for tests and metrics).
     pub commits: usize,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl FastPath {
@@ -89,7 +90,14 @@ impl FastPath {
             touched: BTreeMap::new(),
             programmed: None,
             commits: 0,
+            metrics: None,
         }
+    }
+
+    /// Reports its state in `metrics` (`podnet_agent_fast_path_*`) after every commit.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> FastPath {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn shared(self) -> Shared {
@@ -250,10 +258,18 @@ impl FastPath {
             Ok(()) => {
                 self.programmed = Some(shape);
                 self.commits += 1;
+                if let Some(m) = &self.metrics {
+                    m.fast_path_armed.set(i64::from(self.armed()));
+                    m.fast_path_pods.set(self.pod_links.len() as i64);
+                    m.fast_path_slow.set(self.slow.len() as i64);
+                }
                 Ok(())
             }
             Err(e) => {
                 self.programmed = None;
+                if let Some(m) = &self.metrics {
+                    m.fast_path_errors.inc();
+                }
                 Err(e.context("fast path transaction refused; the next one replaces the table"))
             }
         }

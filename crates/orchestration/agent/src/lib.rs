@@ -201,6 +201,7 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
                 config.proxy_services,
                 config.enforce_policy,
             )
+            .with_metrics(metrics.clone())
             .shared(),
         )
     } else {

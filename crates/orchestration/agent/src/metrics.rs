@@ -36,6 +36,12 @@ pub struct Metrics {
     pub policy_sync_duration: Histogram,
     pub policy_isolated_pods: Gauge,
     pub policy_problems: Gauge,
+    /// The fast path ([`crate::fastpath`]): armed (1) or not (0), pods hooked, addresses
+    /// left to conntrack, transactions refused.
+    pub fast_path_armed: Gauge,
+    pub fast_path_pods: Gauge,
+    pub fast_path_slow: Gauge,
+    pub fast_path_errors: Counter,
     /// Pod CIDR claim passes (claim — which includes keeping one — or release) by result.
     pub pod_cidr_claims: Family<Vec<(String, String)>, Counter>,
     healthy: AtomicBool,
@@ -134,8 +140,36 @@ impl Metrics {
             "NetworkPolicies that cannot be read (their pods stay isolated)",
             policy_problems.clone(),
         );
+        let fast_path_armed = Gauge::default();
+        let fast_path_pods = Gauge::default();
+        let fast_path_slow = Gauge::default();
+        let fast_path_errors = Counter::default();
+        registry.register(
+            "podnet_agent_fast_path_armed",
+            "1 while pod-to-pod packets between nodes take the fast path (table netdev podnet-fastpath)",
+            fast_path_armed.clone(),
+        );
+        registry.register(
+            "podnet_agent_fast_path_pods",
+            "Local pods' veths hooked by the fast path",
+            fast_path_pods.clone(),
+        );
+        registry.register(
+            "podnet_agent_fast_path_slow_addresses",
+            "Addresses whose packets keep the full path (Service endpoints, lingering former ones, isolated pods)",
+            fast_path_slow.clone(),
+        );
+        registry.register(
+            "podnet_agent_fast_path_refused",
+            "Fast path transactions the kernel refused",
+            fast_path_errors.clone(),
+        );
         Metrics {
             registry,
+            fast_path_armed,
+            fast_path_pods,
+            fast_path_slow,
+            fast_path_errors,
             syncs,
             sync_duration,
             peers,

@@ -251,6 +251,11 @@ fn fast_path_skips_conntrack(lab: &Lab) {
             "{node} tracked fast-a → fast-b:\n{flows}"
         );
     }
+    // What the agent reports of it.
+    let metric = |name: &str| agent_metric(&nodes[0], "172.18.0.11", name).unwrap_or(-1);
+    assert_eq!(metric("podnet_agent_fast_path_armed"), 1);
+    assert!(metric("podnet_agent_fast_path_pods") >= 2);
+    assert!(metric("podnet_agent_fast_path_slow_addresses") >= 1);
     // A Service endpoint on node-2 is slow on node-1 (where its clients' DNAT happens).
     let endpoint = pod_ip_on(lab, "node-2");
     let slow = nft(
@@ -589,9 +594,14 @@ spec:
 
 /// `podnet_agent_service_problems` of the agent at `node_ip`, read from namespace `ns`.
 fn service_problems(ns: &str, node_ip: &str) -> Option<i64> {
+    agent_metric(ns, node_ip, "podnet_agent_service_problems")
+}
+
+/// Gauge `name` of the agent at `node_ip`, read from namespace `ns`.
+fn agent_metric(ns: &str, node_ip: &str, name: &str) -> Option<i64> {
     let (_, body) = http_get_path_from(ns, &format!("{node_ip}:9102"), "/metrics").ok()?;
     body.lines()
-        .find(|l| l.starts_with("podnet_agent_service_problems "))?
+        .find(|l| l.starts_with(&format!("{name} ")))?
         .split_whitespace()
         .nth(1)?
         .parse()
