@@ -192,14 +192,14 @@ fn lab_down_cleans_up_after_a_killed_lab_up() {
     assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
 }
 
-/// Pods `fast-a` on node-1 and `fast-b` on node-2 (echo on 8080), which no Service uses
-/// and no policy isolates; their IPs once both run.
+/// Pods `fast-a` and `fast-c` on node-1 and `fast-b` on node-2 (echo on 8080), which no
+/// Service uses and no policy isolates; the IPs of fast-a and fast-b once all run.
 fn fast_pods(lab: &Lab) -> (String, String) {
     let out = lab.apply(FAST_PODS);
     assert!(out.status.success(), "{}", text(&out));
-    wait_for("fast-a and fast-b running", || {
+    wait_for("the fast-* pods running", || {
         let phases = listing(lab, "pods", ".status.phase");
-        ["fast-a", "fast-b"]
+        ["fast-a", "fast-b", "fast-c"]
             .iter()
             .all(|p| phases.get(*p).is_some_and(|ph| ph == "Running"))
     });
@@ -207,7 +207,7 @@ fn fast_pods(lab: &Lab) -> (String, String) {
     (ips["fast-a"].clone(), ips["fast-b"].clone())
 }
 
-const FAST_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: fast-a}\nspec: {nodeName: node-1, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: fast-b}\nspec: {nodeName: node-2, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n";
+const FAST_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: fast-a}\nspec: {nodeName: node-1, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: fast-b}\nspec: {nodeName: node-2, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: fast-c}\nspec: {nodeName: node-1, containers: [{name: e, image: podnet/echo, ports: [{containerPort: 8080}]}]}\n";
 
 /// Two pods no Service uses and no policy isolates, on different nodes: their connection
 /// is answered with the real addresses and neither node's conntrack sees it (the fast
@@ -239,22 +239,38 @@ fn fast_path_skips_conntrack(lab: &Lab) {
         let (pod, peer) = echo_from(&a_ns, &format!("{b}:8080")).unwrap();
         assert_eq!((pod.as_str(), peer.as_str()), ("fast-b", a.as_str()));
     }
-    for node in &nodes {
+    // And on one node (fast-a → fast-c, bridged through br_netfilter without it).
+    let c = listing(lab, "pods", ".status.podIP")["fast-c"].clone();
+    for _ in 0..5 {
+        let (pod, peer) = echo_from(&a_ns, &format!("{c}:8080")).unwrap();
+        assert_eq!((pod.as_str(), peer.as_str()), ("fast-c", a.as_str()));
+    }
+    for (node, dst) in [(&nodes[0], &b), (&nodes[1], &b), (&nodes[0], &c)] {
         let out = Command::new("ip")
-            .args(["netns", "exec", node, "conntrack", "-L", "-s", &a, "-d", &b])
+            .args([
+                "netns",
+                "exec",
+                node,
+                "conntrack",
+                "-L",
+                "-s",
+                &a,
+                "-d",
+                dst,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let flows = String::from_utf8_lossy(&out.stdout);
         assert!(
-            !flows.contains(&format!("dst={b}")),
-            "{node} tracked fast-a → fast-b:\n{flows}"
+            !flows.contains(&format!("dst={dst}")),
+            "{node} tracked fast-a → {dst}:\n{flows}"
         );
     }
     // What the agent reports of it.
     let metric = |name: &str| agent_metric(&nodes[0], "172.18.0.11", name).unwrap_or(-1);
     assert_eq!(metric("podnet_agent_fast_path_armed"), 1);
-    assert!(metric("podnet_agent_fast_path_pods") >= 2);
+    assert!(metric("podnet_agent_fast_path_pods") >= 3);
     assert!(metric("podnet_agent_fast_path_slow_addresses") >= 1);
     // A Service endpoint on node-2 is slow on node-1 (where its clients' DNAT happens).
     let endpoint = pod_ip_on(lab, "node-2");

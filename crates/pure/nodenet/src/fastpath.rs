@@ -1,13 +1,17 @@
 //! Pure: the pod-to-pod fast path — table `netdev podnet-fastpath`.
 //!
-//! Packets between a pod of this node and a pod of another node skip the node's IP stack:
-//! a netdev `ingress` chain on each local pod's host veth sends a pod's packet for a peer
-//! node's pod CIDR straight to the next hop (`fwd ip to … device …`: TTL decremented,
-//! neighbour resolved, as the IP forward path would), and one on the peer-facing device
-//! (the VXLAN device, or in host-gw mode the underlay link) sends a peer pod's packet for
-//! a local pod straight to the bridge. Neither is seen by conntrack, the IP hooks or the
-//! routing code; the same packets without the fast path cost every node they cross a
-//! conntrack lookup and the walk of every IP base chain (measured in docs/benchmarks.md).
+//! Packets between pods skip the node's IP stack: a netdev `ingress` chain on each local
+//! pod's host veth sends a pod's packet for a peer node's pod CIDR straight to the next
+//! hop (`fwd ip to … device …`: TTL decremented, neighbour resolved, as the IP forward
+//! path would), and one on the peer-facing device (the VXLAN device, or in host-gw mode
+//! the underlay link) sends a peer pod's packet for a local pod straight to the bridge.
+//! A packet from one local pod to another is sent to the bridge the same way (as if the
+//! node routed it): bridged, it would meet conntrack through br_netfilter
+//! (`bridge-nf-call-iptables`, which same-node Service replies need). None of these
+//! packets is seen by conntrack, the IP hooks or the routing code; without the fast path
+//! each costs every node it crosses a conntrack lookup and the walk of every IP base chain
+//! (measured in docs/benchmarks.md). The one visible difference: same-node packets arrive
+//! with TTL one less and the bridge's MAC as source, as routed packets do.
 //!
 //! ```text
 //! table netdev podnet-fastpath
@@ -15,13 +19,16 @@
 //!   set peer-cidrs   the peers' pod CIDRs                           (interval)
 //!   map next-hops    peer pod CIDR → next hop (the route's gateway)  (interval)
 //!   chain pod-<veth> filter hook ingress device <veth>: jump to-peers   (one per local pod)
-//!   chain to-peers   ip daddr @peer-cidrs ip saddr LOCAL ip ttl > 1
+//!   chain to-peers   FOR-A-LOCAL-POD ip saddr LOCAL ip ttl > 1
+//!                    ip saddr != @slow ip daddr != @slow fwd ip to ip daddr device BRIDGE
+//!                    ip daddr @peer-cidrs ip saddr LOCAL ip ttl > 1
 //!                    ip saddr != @slow ip daddr != @slow
 //!                    fwd ip to ip daddr map @next-hops device PEER-DEVICE
 //!   chain from-peers filter hook ingress device PEER-DEVICE:
-//!                    ip daddr LOCAL ip daddr != NETWORK ip daddr != GATEWAY
-//!                    ip saddr @peer-cidrs ip ttl > 1
+//!                    FOR-A-LOCAL-POD ip saddr @peer-cidrs ip ttl > 1
 //!                    ip saddr != @slow ip daddr != @slow fwd ip to ip daddr device BRIDGE
+//!   FOR-A-LOCAL-POD: ip daddr LOCAL ip daddr != NETWORK ip daddr != GATEWAY
+//!                    ip daddr != BROADCAST
 //! ```
 //!
 //! What keeps it correct — conntrack is needed on a node only for what that node itself
@@ -39,7 +46,11 @@
 //! - **Masquerade** applies to traffic leaving the cluster CIDR only; none of it matches.
 //! - Packets the IP stack must answer stay there: TTL about to expire (time exceeded),
 //!   packets for the node's own addresses in its pod CIDR (network address: the VXLAN
-//!   device's; gateway: the bridge's), anything not IPv4.
+//!   device's; gateway: the bridge's) or its broadcast address, anything not IPv4.
+//! - The bridge keeps learning the pods' MACs although their fast packets never cross it:
+//!   the node's neighbour entries for the pods it sends to are re-probed every ~30 s
+//!   (nothing confirms them from above for forwarded packets), and each pod's ARP answer
+//!   crosses the bridge — within its 300 s ageing time, so nothing is flooded.
 //! - Until the agent knows every input (the peers and devices, and the Services and
 //!   policies when it handles them), the table holds its chains without the two `fwd`
 //!   rules ("disarmed"): everything takes the full path. A flow moving from one path to
@@ -156,12 +167,36 @@ pub fn render_fastpath(plan: &FastPathPlan) -> Table {
             device: plan.peer_device.clone(),
         },
     ]);
+    // The node's own addresses in its pod CIDR and the broadcast address stay with the
+    // IP stack (`fwd` would look for them as neighbours on the bridge).
     let network = plan.pod_cidr.network();
     let gateway = Ipv4Addr::from(u32::from(network).wrapping_add(1));
-    let from_peers = Rule::new(vec![
-        m(Expr::IpDaddr, CmpOp::Eq, local),
-        m(Expr::IpDaddr, CmpOp::Ne, Value::Ipv4(network)),
-        m(Expr::IpDaddr, CmpOp::Ne, Value::Ipv4(gateway)),
+    let for_a_local_pod = || {
+        vec![
+            m(Expr::IpDaddr, CmpOp::Eq, local.clone()),
+            m(Expr::IpDaddr, CmpOp::Ne, Value::Ipv4(network)),
+            m(Expr::IpDaddr, CmpOp::Ne, Value::Ipv4(gateway)),
+            m(
+                Expr::IpDaddr,
+                CmpOp::Ne,
+                Value::Ipv4(plan.pod_cidr.broadcast()),
+            ),
+        ]
+    };
+    let to_bridge = || Stmt::Fwd {
+        to: FwdTo::Key(Expr::IpDaddr),
+        device: plan.bridge.clone(),
+    };
+    let mut to_local = for_a_local_pod();
+    to_local.extend([
+        m(Expr::IpSaddr, CmpOp::Eq, local.clone()),
+        ttl.clone(),
+        slow(Expr::IpSaddr),
+        slow(Expr::IpDaddr),
+        to_bridge(),
+    ]);
+    let mut from_peers = for_a_local_pod();
+    from_peers.extend([
         Stmt::InSet {
             keys: vec![Expr::IpSaddr],
             set: PEER_CIDRS.into(),
@@ -170,16 +205,16 @@ pub fn render_fastpath(plan: &FastPathPlan) -> Table {
         ttl,
         slow(Expr::IpSaddr),
         slow(Expr::IpDaddr),
-        Stmt::Fwd {
-            to: FwdTo::Key(Expr::IpDaddr),
-            device: plan.bridge.clone(),
-        },
+        to_bridge(),
     ]);
-    let armed = |r: Rule| if plan.armed { vec![r] } else { Vec::new() };
-    t.chains.push((Chain::regular(TO_PEERS), armed(to_peers)));
+    let armed = |rs: Vec<Rule>| if plan.armed { rs } else { Vec::new() };
+    t.chains.push((
+        Chain::regular(TO_PEERS),
+        armed(vec![Rule::new(to_local), to_peers]),
+    ));
     t.chains.push((
         Chain::base(FROM_PEERS, ingress(&plan.peer_device.name)),
-        armed(from_peers),
+        armed(vec![Rule::new(from_peers)]),
     ));
     for link in &plan.pod_links {
         t.chains.push((
