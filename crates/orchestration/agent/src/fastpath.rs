@@ -69,8 +69,6 @@ pub struct FastPath {
     touched: BTreeMap<Ipv4Addr, bool>,
     /// The shape the kernel holds (None: unknown, the next commit replaces the table).
     programmed: Option<Table>,
-    /// Transactions sent (for tests and metrics).
-    pub commits: usize,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -89,7 +87,6 @@ impl FastPath {
             lingering: BTreeSet::new(),
             touched: BTreeMap::new(),
             programmed: None,
-            commits: 0,
             metrics: None,
         }
     }
@@ -257,7 +254,6 @@ impl FastPath {
         match self.kernel.apply(&tx) {
             Ok(()) => {
                 self.programmed = Some(shape);
-                self.commits += 1;
                 if let Some(m) = &self.metrics {
                     m.fast_path_armed.set(i64::from(self.armed()));
                     m.fast_path_pods.set(self.pod_links.len() as i64);
@@ -276,36 +272,18 @@ impl FastPath {
     }
 }
 
-/// [`FastPathKernel`] over nf_tables and ctnetlink sockets opened in the node's namespace.
-pub struct LinuxFastPath {
-    nft: podnet_netlink::nftables::Nftables,
-    conntrack: podnet_netlink::conntrack::Conntrack,
+/// Removes the table a previous run left (its inputs are stale): until this run arms its
+/// own, every packet takes the full path.
+pub fn remove_table(kernel: &mut impl FastPathKernel) -> Result<()> {
+    kernel.apply(&Transaction::remove_table(
+        podnet_nft::Family::Netdev,
+        podnet_nodenet::FASTPATH_TABLE,
+    ))
 }
 
-impl LinuxFastPath {
-    pub fn open_in(ns: impl std::os::fd::AsFd) -> Result<Self> {
-        use anyhow::Context;
-        Ok(LinuxFastPath {
-            nft: podnet_netlink::nftables::Nftables::open_in(ns.as_fd())
-                .context("open nf_tables socket for the fast path")?,
-            conntrack: podnet_netlink::conntrack::Conntrack::open_in(ns.as_fd())
-                .context("open conntrack socket for the fast path")?,
-        })
-    }
-
-    /// Removes the table a previous run left (its inputs are stale): until this run arms
-    /// its own, every packet takes the full path.
-    pub fn remove_table(&mut self) -> Result<()> {
-        self.nft
-            .apply(&Transaction::remove_table(
-                podnet_nft::Family::Netdev,
-                podnet_nodenet::FASTPATH_TABLE,
-            ))
-            .map_err(anyhow::Error::from)
-    }
-}
-
-impl FastPathKernel for LinuxFastPath {
+/// The Services proxy's sockets (nf_tables and ctnetlink, opened in the node's namespace)
+/// serve the fast path too.
+impl FastPathKernel for crate::services::LinuxTransactions {
     fn apply(&mut self, tx: &Transaction) -> Result<()> {
         self.nft.apply(tx).map_err(anyhow::Error::from)
     }

@@ -190,27 +190,19 @@ pub async fn run(config: Config, client: kube::Client) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     // Opened here, before the namespace handle moves to the kernel thread. A previous
     // run's table goes first: its inputs are stale (see `fastpath`).
-    let fast_path = if config.fast_path {
-        let mut kernel = fastpath::LinuxFastPath::open_in(&ns)?;
-        kernel
-            .remove_table()
-            .context("remove the previous run's fast path")?;
-        Some(
-            fastpath::FastPath::new(
-                Box::new(kernel),
-                config.proxy_services,
-                config.enforce_policy,
-            )
-            .with_metrics(metrics.clone())
-            .shared(),
+    // A previous run's fast path goes first either way: its inputs are stale, or the
+    // fast path is now off.
+    let mut kernel = services::LinuxTransactions::open_in(&ns)?;
+    fastpath::remove_table(&mut kernel).context("remove the previous run's fast path")?;
+    let fast_path = config.fast_path.then(|| {
+        fastpath::FastPath::new(
+            Box::new(kernel),
+            config.proxy_services,
+            config.enforce_policy,
         )
-    } else {
-        let mut kernel = fastpath::LinuxFastPath::open_in(&ns)?;
-        kernel
-            .remove_table()
-            .context("remove a fast path table left by a run with it on")?;
-        None
-    };
+        .with_metrics(metrics.clone())
+        .shared()
+    });
     let syncer = if config.proxy_services {
         // Opened here, before the namespace handle moves to the kernel thread.
         let kernel = services::LinuxTransactions::open_in(&ns)?;

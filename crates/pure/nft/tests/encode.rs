@@ -310,6 +310,31 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Asserts that `bytes` holds the messages of a `type hex` fixture (one per line, as
+/// captured from `nft --debug=mnl`), naming the first that differs with both dumped.
+fn assert_messages_match(bytes: &[u8], fixture: &str) {
+    let want: Vec<(u16, Vec<u8>)> = fixture
+        .lines()
+        .map(|l| {
+            let (ty, body) = l.split_once(' ').unwrap();
+            (ty.parse().unwrap(), unhex(body))
+        })
+        .collect();
+    let got = messages(bytes);
+    assert_eq!(got.len(), want.len(), "message count");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if g != w {
+            let (mut gs, mut ws) = (String::new(), String::new());
+            dump(&g.1[4..], 1, &mut gs);
+            dump(&w.1[4..], 1, &mut ws);
+            panic!(
+                "message {i}: type {} vs nft's {}\nours:\n{gs}\nnft's:\n{ws}",
+                g.0, w.0
+            );
+        }
+    }
+}
+
 #[test]
 fn batch_matches_nft_byte_for_byte() {
     let fixture = include_str!("fixtures/nft-1.0.6-mnl.hex");
@@ -622,26 +647,10 @@ fn pickers_match_nft_byte_for_byte() {
         render_transaction(&pickers_tx()),
         include_str!("fixtures/nft-1.0.6-mnl-pickers.nft")
     );
-    let want: Vec<(u16, Vec<u8>)> = include_str!("fixtures/nft-1.0.6-mnl-pickers.hex")
-        .lines()
-        .map(|l| {
-            let (ty, body) = l.split_once(' ').unwrap();
-            (ty.parse().unwrap(), unhex(body))
-        })
-        .collect();
-    let got = messages(&encode_transaction(&pickers_tx(), 0).unwrap().bytes);
-    assert_eq!(got.len(), want.len(), "message count");
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        if g != w {
-            let (mut gs, mut ws) = (String::new(), String::new());
-            dump(&g.1[4..], 1, &mut gs);
-            dump(&w.1[4..], 1, &mut ws);
-            panic!(
-                "message {i}: type {} vs nft's {}\nours:\n{gs}\nnft's:\n{ws}",
-                g.0, w.0
-            );
-        }
-    }
+    assert_messages_match(
+        &encode_transaction(&pickers_tx(), 0).unwrap().bytes,
+        include_str!("fixtures/nft-1.0.6-mnl-pickers.hex"),
+    );
 }
 
 /// An address range in an interval set is one interval, as a prefix is: start, and an
@@ -792,26 +801,10 @@ fn fwd_matches_nft_byte_for_byte() {
         render_transaction(&fwd_tx()),
         include_str!("fixtures/nft-1.0.6-mnl-fwd.nft")
     );
-    let want: Vec<(u16, Vec<u8>)> = include_str!("fixtures/nft-1.0.6-mnl-fwd.hex")
-        .lines()
-        .map(|l| {
-            let (ty, body) = l.split_once(' ').unwrap();
-            (ty.parse().unwrap(), unhex(body))
-        })
-        .collect();
-    let got = messages(&encode_transaction(&fwd_tx(), 0).unwrap().bytes);
-    assert_eq!(got.len(), want.len(), "message count");
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        if g != w {
-            let (mut gs, mut ws) = (String::new(), String::new());
-            dump(&g.1[4..], 1, &mut gs);
-            dump(&w.1[4..], 1, &mut ws);
-            panic!(
-                "message {i}: type {} vs nft's {}\nours:\n{gs}\nnft's:\n{ws}",
-                g.0, w.0
-            );
-        }
-    }
+    assert_messages_match(
+        &encode_transaction(&fwd_tx(), 0).unwrap().bytes,
+        include_str!("fixtures/nft-1.0.6-mnl-fwd.hex"),
+    );
 }
 
 /// `fwd` exists only in netdev tables; `>` only against one big-endian scalar value;
